@@ -1,0 +1,57 @@
+"""Checkpoints written atomically and loaded without unpickling code; encoder export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from simclr.errors import UserError
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write through `write(tmp_path)`, flush to disk, then rename over `path`: a crash at any
+    point leaves either the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with `weights_only=True`: tensors and plain containers only, no code is run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # torch raises several types for truncated or hostile files
+        raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path} is not a simclr checkpoint")
+    return state
+
+
+def save_encoder(path: Path, encoder: torch.nn.Module) -> None:
+    """The encoder's state dict as safetensors (shared storage made contiguous copies)."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
+    atomic_write(path, lambda p: save_file(tensors, str(p)))

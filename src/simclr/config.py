@@ -1,0 +1,147 @@
+"""One typed configuration with every default; YAML recipes and `key=value` overrides on top.
+
+Built on OmegaConf structured configs: unknown keys and values of the wrong type are rejected
+with the key's name, and the resolved config is saved with every run and checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from simclr.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # a built-in name (digits) or a path (.npy/.npz)
+    channels: int | None = None  # None: as the data comes
+    image_size: int | None = None  # None: the source's own size (digits: upsampled to 16)
+    test_fraction: float = 0.5  # held-out stratified split for evaluation, seeded
+    device_resident: bool = True  # keep the uint8 images on the training device
+
+
+@dataclass
+class AugmentConfig:
+    # "imagenet": the paper's recipe (colour strength 1.0, blur p=0.5); "cifar": strength 0.5,
+    # no blur; "auto": cifar for images of 64 px or less, else imagenet.
+    recipe: str = "auto"
+    min_scale: float = 0.08  # crop area fraction ~ U(min_scale, 1)
+    flip_prob: float = 0.5
+    color_jitter_strength: float | None = None  # None: from the recipe
+    color_jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur_prob: float | None = None  # None: from the recipe
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "small_cnn"  # small_cnn, resnet18, resnet34, resnet50
+    cifar_stem: bool | None = None  # None: on for images of 64 px or less
+    head_version: int = 1  # 1: 2-layer MLP (SimCLR); 2: 3 layers with BN (SimCLRv2)
+    proj_dim: int = 128
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"  # lars, sgd, adamw
+    lr: float = 0.3  # base learning rate, scaled by the batch size (see lr_scaling)
+    lr_scaling: str = "linear"  # linear: lr*batch/256; sqrt: lr*sqrt(batch); none
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    warmup_epochs: float = 10.0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 100
+    batch_size: int = 256
+    temperature: float = 0.5
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available, else cpu
+    out: str | None = None  # run directory; None: runs/<data>-<time>
+    log_every: int = 10  # steps between metrics.jsonl lines
+    eval_knn_k: int = 200
+    eval_few_shot: int = 5
+    threads: int | None = None  # torch CPU threads; None: torch's default
+
+
+def _validate(cfg: Config) -> None:
+    checks = [
+        (cfg.temperature > 0, f"temperature must be positive, got {cfg.temperature}"),
+        (cfg.batch_size >= 2, f"batch_size must be at least 2, got {cfg.batch_size}"),
+        (cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}"),
+        (0 < cfg.augment.min_scale <= 1, f"augment.min_scale must be in (0, 1], got {cfg.augment.min_scale}"),
+        (cfg.augment.recipe in ("auto", "imagenet", "cifar"), f"augment.recipe must be auto, imagenet or cifar, got {cfg.augment.recipe!r}"),
+        (cfg.model.head_version in (1, 2), f"model.head_version must be 1 or 2, got {cfg.model.head_version}"),
+        (cfg.optim.name in ("lars", "sgd", "adamw"), f"optim.name must be lars, sgd or adamw, got {cfg.optim.name!r}"),
+        (cfg.optim.lr_scaling in ("linear", "sqrt", "none"), f"optim.lr_scaling must be linear, sqrt or none, got {cfg.optim.lr_scaling!r}"),
+        (cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}"),
+        (0 < cfg.data.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {cfg.data.test_fraction}"),
+        (cfg.data.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {cfg.data.channels}"),
+        (cfg.data.image_size is None or cfg.data.image_size >= 4, f"data.image_size must be at least 4, got {cfg.data.image_size}"),
+        (cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"), f"device must be auto, cpu, cuda or mps, got {cfg.device!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    from simclr.model import ENCODERS  # the registry is the one list of valid names
+
+    if cfg.model.encoder not in ENCODERS:
+        raise UserError(f"unknown encoder {cfg.model.encoder!r} (choose from {', '.join(sorted(ENCODERS))})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at `path`, then `key=value` overrides (dotted keys)."""
+    try:
+        merged = OmegaConf.structured(Config)
+        if path is not None:
+            if not Path(path).is_file():
+                raise UserError(f"config file does not exist: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise UserError(f"override {item!r} is not key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise UserError(_describe(e)) from None
+    _validate(cfg)
+    return cfg
+
+
+def _describe(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    kind = type(e).__name__
+    if "Key" in kind and key:
+        return f"unknown config key {key!r}"
+    if key:
+        value = getattr(e, "value", None)
+        return f"bad value {value!r} for config key {key!r}: {e.msg if hasattr(e, 'msg') else e}".split("\n")[0]
+    return str(e).split("\n")[0]
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config from its saved dict (e.g. from a checkpoint), validating it."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(d))
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise UserError(_describe(e)) from None
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))

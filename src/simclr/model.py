@@ -1,0 +1,136 @@
+"""Encoder f, projection head g, and the SimCLR network that runs both views in one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """Four 3×3 conv blocks and global average pooling, for tiny images such as 8-16 px digits."""
+
+    def __init__(self, in_channels: int = 1, width: int = 32) -> None:
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        layers: list[nn.Module] = []
+        c = in_channels
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers += [nn.Conv2d(c, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)  # (B, out_dim)
+
+
+def resnet(name: str, in_channels: int = 3, cifar_stem: bool = False) -> nn.Module:
+    """A torchvision ResNet without pretrained weights, its classifier replaced by identity.
+
+    The CIFAR stem (3×3 stride-1 first conv, no max-pool) keeps 32 px inputs from being
+    downsampled 4× before the first residual stage (SimCLR paper, appendix B.9).
+    """
+    net: torchvision.models.ResNet = getattr(torchvision.models, name)(weights=None)
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()  # type: ignore[assignment]
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    net.out_dim = net.fc.in_features  # type: ignore[assignment]
+    net.fc = nn.Identity()  # type: ignore[assignment]
+    return net
+
+
+# Inputs this small or smaller get the CIFAR stem when `cifar_stem` is left on "auto".
+CIFAR_STEM_MAX_SIZE = 64
+
+EncoderFactory = Callable[[int, int, bool], nn.Module]  # (in_channels, image_size, cifar_stem)
+
+ENCODERS: dict[str, EncoderFactory] = {
+    "small_cnn": lambda c, size, stem: SmallCNN(c),
+    "resnet18": lambda c, size, stem: resnet("resnet18", c, stem),
+    "resnet34": lambda c, size, stem: resnet("resnet34", c, stem),
+    "resnet50": lambda c, size, stem: resnet("resnet50", c, stem),
+}
+
+
+def build_encoder(
+    name: str, in_channels: int = 3, image_size: int = 224, cifar_stem: bool | None = None
+) -> nn.Module:
+    """Build a registered encoder; it exposes `out_dim`, the size of h."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r} (choose from {', '.join(sorted(ENCODERS))})")
+    stem = image_size <= CIFAR_STEM_MAX_SIZE if cifar_stem is None else cifar_stem
+    return ENCODERS[name](in_channels, image_size, stem)
+
+
+def feature_dim(encoder: nn.Module) -> int:
+    out_dim = getattr(encoder, "out_dim", None)
+    if not isinstance(out_dim, int):
+        raise ValueError("a custom encoder needs an integer `out_dim` attribute (the size of h)")
+    return out_dim
+
+
+class ProjectionHead(nn.Module):
+    """g(h) = z. Version 1: Linear(d, d) → ReLU → Linear(d, out). Version 2 (SimCLRv2): three
+    linear layers of width d with BatchNorm on each, ReLU between, output size `out_dim`."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128, version: int = 1) -> None:
+        super().__init__()
+        if version == 1:
+            layers: list[nn.Module] = [
+                nn.Linear(in_dim, in_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(in_dim, out_dim),
+            ]
+        elif version == 2:
+            layers = [
+                nn.Linear(in_dim, in_dim, bias=False),
+                nn.BatchNorm1d(in_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(in_dim, in_dim, bias=False),
+                nn.BatchNorm1d(in_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(in_dim, out_dim, bias=False),
+                nn.BatchNorm1d(out_dim, affine=False),
+            ]
+        else:
+            raise ValueError(f"projection head version must be 1 or 2, got {version}")
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.layers(h)  # type: ignore[no-any-return]
+
+
+class SimCLR(nn.Module):
+    """Encoder f plus projection head g. `forward(x1, x2)` sends both views through the network
+    in a single pass, so BatchNorm statistics are computed over all 2N views together."""
+
+    def __init__(self, encoder: nn.Module, head: ProjectionHead) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x1.shape[0]
+        h = self.encoder(torch.cat([x1, x2]))  # (2n, d)
+        z = self.head(h)  # (2n, out_dim)
+        return z[:n], z[n:]
+
+
+def build_model(
+    encoder: str | nn.Module,
+    in_channels: int = 3,
+    image_size: int = 224,
+    cifar_stem: bool | None = None,
+    proj_dim: int = 128,
+    head_version: int = 1,
+) -> SimCLR:
+    """SimCLR network from a registry name or a user `nn.Module` exposing `out_dim`."""
+    f = build_encoder(encoder, in_channels, image_size, cifar_stem) if isinstance(encoder, str) else encoder
+    return SimCLR(f, ProjectionHead(feature_dim(f), proj_dim, head_version))
