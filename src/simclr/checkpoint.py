@@ -45,7 +45,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"checkpoint not found: {path}") from None
     except Exception as e:  # torch raises several types for truncated or hostile files
-        raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        first_line = (str(e).splitlines() or [""])[0]
+        raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {first_line}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path} is not a simclr checkpoint")
     return state

@@ -74,29 +74,33 @@ class Config:
     threads: int | None = None  # torch CPU threads; None: torch's default
 
 
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _check_choice(key: str, value: object, allowed: tuple[object, ...]) -> None:
+    _check(value in allowed, f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
 def _validate(cfg: Config) -> None:
-    checks = [
-        (cfg.temperature > 0, f"temperature must be positive, got {cfg.temperature}"),
-        (cfg.batch_size >= 2, f"batch_size must be at least 2, got {cfg.batch_size}"),
-        (cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}"),
-        (0 < cfg.augment.min_scale <= 1, f"augment.min_scale must be in (0, 1], got {cfg.augment.min_scale}"),
-        (cfg.augment.recipe in ("auto", "imagenet", "cifar"), f"augment.recipe must be auto, imagenet or cifar, got {cfg.augment.recipe!r}"),
-        (cfg.model.head_version in (1, 2), f"model.head_version must be 1 or 2, got {cfg.model.head_version}"),
-        (cfg.optim.name in ("lars", "sgd", "adamw"), f"optim.name must be lars, sgd or adamw, got {cfg.optim.name!r}"),
-        (cfg.optim.lr_scaling in ("linear", "sqrt", "none"), f"optim.lr_scaling must be linear, sqrt or none, got {cfg.optim.lr_scaling!r}"),
-        (cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}"),
-        (0 < cfg.data.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {cfg.data.test_fraction}"),
-        (cfg.data.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {cfg.data.channels}"),
-        (cfg.data.image_size is None or cfg.data.image_size >= 4, f"data.image_size must be at least 4, got {cfg.data.image_size}"),
-        (cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"), f"device must be auto, cpu, cuda or mps, got {cfg.device!r}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
     from simclr.model import ENCODERS  # the registry is the one list of valid names
 
-    if cfg.model.encoder not in ENCODERS:
-        raise UserError(f"unknown encoder {cfg.model.encoder!r} (choose from {', '.join(sorted(ENCODERS))})")
+    _check(cfg.temperature > 0, f"temperature must be positive, got {cfg.temperature}")
+    _check(cfg.batch_size >= 2, f"batch_size must be at least 2, got {cfg.batch_size}")
+    _check(cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}")
+    _check(cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}")
+    _check(0 < cfg.augment.min_scale <= 1, f"augment.min_scale must be in (0, 1], got {cfg.augment.min_scale}")
+    _check(0 < cfg.data.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {cfg.data.test_fraction}")
+    size = cfg.data.image_size
+    _check(size is None or size >= 4, f"data.image_size must be at least 4, got {size}")
+    _check_choice("model.encoder", cfg.model.encoder, tuple(sorted(ENCODERS)))
+    _check_choice("augment.recipe", cfg.augment.recipe, ("auto", "imagenet", "cifar"))
+    _check_choice("model.head_version", cfg.model.head_version, (1, 2))
+    _check_choice("optim.name", cfg.optim.name, ("lars", "sgd", "adamw"))
+    _check_choice("optim.lr_scaling", cfg.optim.lr_scaling, ("linear", "sqrt", "none"))
+    _check_choice("data.channels", cfg.data.channels, (None, 1, 3))
+    _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -32,4 +32,4 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed() or world_size() == 1:
         return x
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return torch.cat(dist_fn.all_gather(x), dim=0)  # type: ignore[no-untyped-call]

@@ -26,7 +26,8 @@ class SmallCNN(nn.Module):
         self.out_dim = c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.features(x)).flatten(1)  # (B, out_dim)
+        h: torch.Tensor = self.pool(self.features(x)).flatten(1)  # (B, out_dim)
+        return h
 
 
 def resnet(name: str, in_channels: int = 3, cifar_stem: bool = False) -> nn.Module:
@@ -35,7 +36,7 @@ def resnet(name: str, in_channels: int = 3, cifar_stem: bool = False) -> nn.Modu
     The CIFAR stem (3×3 stride-1 first conv, no max-pool) keeps 32 px inputs from being
     downsampled 4× before the first residual stage (SimCLR paper, appendix B.9).
     """
-    net: torchvision.models.ResNet = getattr(torchvision.models, name)(weights=None)
+    net: torchvision.models.ResNet = getattr(torchvision.models, name)(weights=None)  # no download
     if cifar_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()  # type: ignore[assignment]
@@ -43,7 +44,8 @@ def resnet(name: str, in_channels: int = 3, cifar_stem: bool = False) -> nn.Modu
         net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     net.out_dim = net.fc.in_features  # type: ignore[assignment]
     net.fc = nn.Identity()  # type: ignore[assignment]
-    return net
+    encoder: nn.Module = net
+    return encoder
 
 
 # Inputs this small or smaller get the CIFAR stem when `cifar_stem` is left on "auto".
@@ -66,7 +68,8 @@ def build_encoder(
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r} (choose from {', '.join(sorted(ENCODERS))})")
     stem = image_size <= CIFAR_STEM_MAX_SIZE if cifar_stem is None else cifar_stem
-    return ENCODERS[name](in_channels, image_size, stem)
+    encoder: nn.Module = ENCODERS[name](in_channels, image_size, stem)
+    return encoder
 
 
 def feature_dim(encoder: nn.Module) -> int:
@@ -130,7 +133,14 @@ def build_model(
     cifar_stem: bool | None = None,
     proj_dim: int = 128,
     head_version: int = 1,
+    encoder_dim: int | None = None,
 ) -> SimCLR:
-    """SimCLR network from a registry name or a user `nn.Module` exposing `out_dim`."""
-    f = build_encoder(encoder, in_channels, image_size, cifar_stem) if isinstance(encoder, str) else encoder
+    """SimCLR network from a registry name, or from any user `nn.Module` mapping a batch to
+    (B, d) features, with d given as `encoder_dim` or as the module's `out_dim` attribute."""
+    if isinstance(encoder, str):
+        f = build_encoder(encoder, in_channels, image_size, cifar_stem)
+    else:
+        f = encoder
+        if encoder_dim is not None:
+            f.out_dim = encoder_dim  # type: ignore[assignment]
     return SimCLR(f, ProjectionHead(feature_dim(f), proj_dim, head_version))

@@ -24,7 +24,7 @@ from simclr.data import ImageData, load_images
 from simclr.errors import UserError
 from simclr.evaluate import evaluate_run, stratified_split
 from simclr.loss import nt_xent
-from simclr.model import CIFAR_STEM_MAX_SIZE, SimCLR, build_model
+from simclr.model import CIFAR_STEM_MAX_SIZE, SimCLR, build_encoder, build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr
 
 log = logging.getLogger("simclr")
@@ -141,7 +141,7 @@ def train_one_epoch(
                 "temperature, or train in float32"
             )
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         run.optimizer.step()
         step += 1
         logger.update(step, epoch, loss, lr, len(x), last=i + 1 == run.steps_per_epoch)
@@ -216,10 +216,12 @@ def train(cfg: Config) -> tuple[Path, dict[str, dict[str, float]] | None]:
     save_encoder(run.out / "encoder.safetensors", run.model.encoder)
     results = None
     if run.test_index is not None:
+        def random_encoder() -> torch.nn.Module:
+            return build_encoder(cfg.model.encoder, run.data.channels, run.data.image_size, cfg.model.cifar_stem)
+
         results = evaluate_run(
-            run.model.encoder,
-            lambda: build_model(cfg.model.encoder, run.data.channels, run.data.image_size, cfg.model.cifar_stem).encoder,
-            run.data, run.train_index, run.test_index, run.device, cfg.seed, cfg.eval_few_shot, cfg.eval_knn_k,
+            run.model.encoder, random_encoder, run.data, run.train_index, run.test_index,
+            run.device, cfg.seed, cfg.eval_few_shot, cfg.eval_knn_k,
         )
         (run.out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     return run.out, results
@@ -229,5 +231,6 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     metrics = list(next(iter(results.values())))
     lines = [f"{'encoder':<12}" + "".join(f"{m:>12}" for m in metrics)]
     for name, row in results.items():
-        lines.append(f"{name:<12}" + "".join(f"{row[m]:>12.4f}" if not math.isnan(row[m]) else f"{'-':>12}" for m in metrics))
+        cells = (f"{row[m]:>12.4f}" if not math.isnan(row[m]) else f"{'-':>12}" for m in metrics)
+        lines.append(f"{name:<12}" + "".join(cells))
     return "\n".join(lines)
