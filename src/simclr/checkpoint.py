@@ -34,8 +34,17 @@ def atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda p: torch.save(state, p))
+def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 1) -> None:
+    """Write `<stem>-<step>.pt` atomically, point `path` at it (an atomic hard-link swap, no
+    copy), and delete all but the newest `keep` numbered checkpoints."""
+    numbered = path.with_name(f"{path.stem}-{state['progress']['step']:09d}{path.suffix}")
+    atomic_write(numbered, lambda p: torch.save(state, p))
+    link = path.with_name(f".{path.name}.link")
+    link.unlink(missing_ok=True)
+    os.link(numbered, link)
+    os.replace(link, path)
+    for stale in sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))[:-keep]:
+        stale.unlink()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -56,3 +65,21 @@ def save_encoder(path: Path, encoder: torch.nn.Module) -> None:
     """The encoder's state dict as safetensors (shared storage made contiguous copies)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
     atomic_write(path, lambda p: save_file(tensors, str(p)))
+
+
+def export_encoder(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
+    """The encoder of a run's last checkpoint as a plain state dict: `torchvision` (a .pt that
+    `torch.load(weights_only=True)` reads and a torchvision ResNet with `fc = nn.Identity()`
+    loads with strict=True) or `safetensors`."""
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    prefix = "encoder."
+    encoder = {k[len(prefix) :]: v.contiguous() for k, v in state["model"].items() if k.startswith(prefix)}
+    if fmt == "torchvision":
+        out = out or run_dir / "encoder.pt"
+        atomic_write(out, lambda p: torch.save(encoder, p))
+    elif fmt == "safetensors":
+        out = out or run_dir / "encoder.safetensors"
+        atomic_write(out, lambda p: save_file(encoder, str(p)))
+    else:
+        raise UserError(f"unknown export format {fmt!r}")
+    return out

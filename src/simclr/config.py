@@ -69,6 +69,8 @@ class Config:
     device: str = "auto"  # auto: cuda when available, else cpu
     out: str | None = None  # run directory; None: runs/<data>-<time>
     log_every: int = 10  # steps between metrics.jsonl lines
+    checkpoint_every: int = 500  # steps between checkpoints (0: only at epoch ends)
+    keep_checkpoints: int = 2  # checkpoint.pt plus this many minus one older ones
     eval_knn_k: int = 200
     eval_few_shot: int = 5
     threads: int | None = None  # torch CPU threads; None: torch's default
@@ -88,6 +90,9 @@ def _validate(cfg: Config) -> None:
 
     _check(cfg.temperature > 0, f"temperature must be positive, got {cfg.temperature}")
     _check(cfg.batch_size >= 2, f"batch_size must be at least 2, got {cfg.batch_size}")
+    _check(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
+    _check(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+    _check(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")
     _check(cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}")
     _check(cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}")
     _check(0 < cfg.augment.min_scale <= 1, f"augment.min_scale must be in (0, 1], got {cfg.augment.min_scale}")
@@ -103,10 +108,12 @@ def _validate(cfg: Config) -> None:
     _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at `path`, then `key=value` overrides (dotted keys)."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: Config | None = None
+) -> Config:
+    """Defaults (or `base`), then the YAML file at `path`, then `key=value` overrides."""
     try:
-        merged = OmegaConf.structured(Config)
+        merged = OmegaConf.structured(base if base is not None else Config)
         if path is not None:
             if not Path(path).is_file():
                 raise UserError(f"config file does not exist: {path}")
@@ -131,6 +138,12 @@ def _describe(e: OmegaConfBaseException) -> str:
         value = getattr(e, "value", None)
         return f"bad value {value!r} for config key {key!r}: {e.msg if hasattr(e, 'msg') else e}".split("\n")[0]
     return str(e).split("\n")[0]
+
+
+def changed_keys(old: Config, new: Config, sections: tuple[str, ...]) -> list[str]:
+    """Dotted keys of `sections` whose values differ between two configs."""
+    a, b = to_dict(old), to_dict(new)
+    return [f"{s}.{k}" for s in sections for k in a[s] if a[s][k] != b[s][k]]
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -118,43 +121,98 @@ def setup(cfg: Config) -> Run:
     )
 
 
+@dataclass
+class Progress:
+    """Where the run is: enough, with the generators' states, to continue bit-exactly."""
+
+    epoch: int = 0  # current epoch, 0-based
+    batch: int = 0  # next batch within the epoch
+    step: int = 0  # optimizer steps taken
+    epoch_order_state: torch.Tensor | None = None  # order generator's state at the epoch start
+
+
+class StopRequested(Exception):
+    """SIGINT/SIGTERM arrived; the loop saved a checkpoint and unwinds."""
+
+
+class SignalGuard:
+    """The first SIGINT/SIGTERM asks the loop to checkpoint and stop after the current step;
+    a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt  # second signal: leave now
+        self.requested = signum
+        log.warning("\nsignal %d: saving a checkpoint after this step (again to quit at once)", signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def train_one_epoch(
-    run: Run, epoch: int, step: int, images: torch.Tensor, gen: torch.Generator,
-    aug_gen: torch.Generator, logger: MetricsLogger,
-) -> int:
-    """One pass over the training images in a fresh random order; returns the next step."""
+    run: Run, progress: Progress, images: torch.Tensor, order_gen: torch.Generator,
+    aug_gen: torch.Generator, logger: MetricsLogger, guard: SignalGuard,
+) -> None:
+    """The rest of the current epoch, in the epoch's random order, from `progress.batch`."""
     cfg, model = run.cfg, run.model
     model.train()
-    order = torch.randperm(len(images), generator=gen)
-    logger.bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-    for i in range(run.steps_per_epoch):
-        lr = lr_at(step, run.total_steps, run.warmup_steps, run.peak_lr)
+    order_gen.set_state(progress.epoch_order_state)  # type: ignore[arg-type]
+    order = torch.randperm(len(images), generator=order_gen)
+    logger.bar.set_description(f"epoch {progress.epoch + 1}/{cfg.epochs}")
+    while progress.batch < run.steps_per_epoch:
+        lr = lr_at(progress.step, run.total_steps, run.warmup_steps, run.peak_lr)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
+        i = progress.batch
         x = images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]].to(run.device, non_blocking=True)
         x1, x2 = two_views(run.augment, x, aug_gen)  # (n, c, s, s) each
         z1, z2 = model(x1, x2)
         loss = nt_xent(z1, z2, cfg.temperature)
         if not torch.isfinite(loss):
             raise UserError(
-                f"loss is {loss.item()} at step {step}: lower the learning rate, raise the "
-                "temperature, or train in float32"
+                f"loss is {loss.item()} at step {progress.step}: lower optim.lr, raise the temperature, "
+                "or train in float32; the last checkpoint is kept"
             )
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         run.optimizer.step()
-        step += 1
-        logger.update(step, epoch, loss, lr, len(x), last=i + 1 == run.steps_per_epoch)
-    return step
+        progress.step += 1
+        progress.batch += 1
+        logger.update(progress.step, progress.epoch, loss, lr, len(x), last=progress.batch == run.steps_per_epoch)
+        if progress.batch == run.steps_per_epoch:  # the epoch is done: the next one starts fresh
+            progress.epoch, progress.batch = progress.epoch + 1, 0
+            progress.epoch_order_state = order_gen.get_state()
+        every = cfg.checkpoint_every
+        if guard.requested is not None or progress.batch == 0 or (every and progress.step % every == 0):
+            save(run, progress, aug_gen)
+        if guard.requested is not None:
+            raise StopRequested
+        if progress.batch == 0:
+            return
 
 
 class MetricsLogger:
     """metrics.jsonl lines, TensorBoard scalars and the progress bar's postfix."""
 
-    def __init__(self, out: Path, every: int, total_steps: int) -> None:
-        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True)
-        self.file = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - open for the whole run
-        self.writer = SummaryWriter(str(out / "tensorboard"))
+    def __init__(self, out: Path, every: int, total_steps: int, start_step: int) -> None:
+        path = out / "metrics.jsonl"
+        if path.exists():  # resuming: drop lines logged after the checkpoint being resumed
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(path, "a")  # noqa: SIM115 - open for the whole run
+        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         self.every = every
         self.images = 0
         self.since = time.perf_counter()
@@ -181,36 +239,79 @@ class MetricsLogger:
         self.writer.close()
 
 
-def checkpoint_state(run: Run, epoch: int, step: int) -> dict[str, Any]:
-    return {
+def rng_states(aug_gen: torch.Generator) -> dict[str, Any]:
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),  # type: ignore[index]
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        "augment": aug_gen.get_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def save(run: Run, progress: Progress, aug_gen: torch.Generator) -> None:
+    """Write checkpoint.pt atomically, keeping the previous `keep_checkpoints - 1` as
+    checkpoint-<step>.pt; a failed write stops the run and leaves the last one intact."""
+    state = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
-        "epoch": epoch,
-        "step": step,
+        "progress": {"epoch": progress.epoch, "batch": progress.batch, "step": progress.step},
+        "epoch_order_state": progress.epoch_order_state,
+        "rng": rng_states(aug_gen),
         "config": to_dict(run.cfg),
         "version": __version__,
         "git": git_revision(),
     }
+    try:
+        save_checkpoint(run.out / "checkpoint.pt", state, run.cfg.keep_checkpoints)
+    except OSError as e:
+        raise UserError(f"cannot write checkpoint in {run.out}: {e.strerror or e}; the previous one is kept") from None
 
 
-def train(cfg: Config) -> tuple[Path, dict[str, dict[str, float]] | None]:
-    """Pretrain, export the encoder, evaluate it; returns the run directory and the results."""
+def restore(run: Run, state: dict[str, Any], aug_gen: torch.Generator) -> Progress:
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(int(v) for v in rng["python"]), None))
+    aug_gen.set_state(rng["augment"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    p = state["progress"]
+    return Progress(p["epoch"], p["batch"], p["step"], state["epoch_order_state"])
+
+
+def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path, dict[str, dict[str, float]] | None]:
+    """Pretrain (or continue from `resume_state`), export the encoder, evaluate it; returns the
+    run directory and the results (None without labels)."""
     run = setup(cfg)
     save_config(cfg, run.out / "config.yaml")
-    log.info("run directory %s: %d training images %s, %s on %s, %d steps",
-             run.out, len(run.train_index), tuple(run.data.images.shape[1:]), cfg.model.encoder,
-             run.device, run.total_steps)
+    skipped = getattr(run.data, "skipped", [])
+    (run.out / "skipped_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
     images = run.data.images[torch.as_tensor(run.train_index)]
     if cfg.data.device_resident:
         images = images.to(run.device)  # uint8 stays small; augmentation converts on device
-    gen = torch.Generator().manual_seed(cfg.seed)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=run.device).manual_seed(cfg.seed + 1)
-    logger = MetricsLogger(run.out, cfg.log_every, run.total_steps)
-    step = 0
+    progress = Progress(epoch_order_state=order_gen.get_state())
+    if resume_state is not None:
+        progress = restore(run, resume_state, aug_gen)
+    log.info("%s %s: %d training images %s, %s on %s, step %d of %d",
+             "resuming" if resume_state else "run", run.out, len(images), tuple(images.shape[1:]),
+             cfg.model.encoder, run.device, progress.step, run.total_steps)
+    logger = MetricsLogger(run.out, cfg.log_every, run.total_steps, progress.step)
     try:
-        for epoch in range(cfg.epochs):
-            step = train_one_epoch(run, epoch, step, images, gen, aug_gen, logger)
-            save_checkpoint(run.out / "checkpoint.pt", checkpoint_state(run, epoch + 1, step))
+        with SignalGuard() as guard:
+            while progress.epoch < cfg.epochs:
+                train_one_epoch(run, progress, images, order_gen, aug_gen, logger, guard)
+    except StopRequested:
+        raise UserError(f"stopped at step {progress.step}; continue with: simclr train --resume {run.out}") from None
     finally:
         logger.close()
     save_encoder(run.out / "encoder.safetensors", run.model.encoder)

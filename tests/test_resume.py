@@ -1,0 +1,197 @@
+"""Nothing lost: exact resume after SIGKILL, atomic checkpoints, safe loading, clean stops."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file
+from torch import nn
+
+from simclr.checkpoint import export_encoder, load_checkpoint, save_checkpoint
+from simclr.errors import UserError
+from simclr.model import build_model
+
+# Small, deterministic: one thread, 14 steps per epoch on digits' 898 training images.
+FAST = ["--batch-size", "64", "threads=1", "log_every=1", "checkpoint_every=1"]
+
+
+def simclr(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "simclr", *args], capture_output=True, text=True, timeout=300, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def last_step(run: Path) -> int:
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+    return int(lines[-1].split('"step": ')[1].split(",")[0]) if lines else 0
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert simclr("train", "--epochs", "2", "--out", str(full), *FAST).returncode == 0
+
+    kill_at = random.Random().randint(3, 24)  # of 28 steps; any step must work
+    proc = subprocess.Popen([sys.executable, "-m", "simclr", "train", "--epochs", "2", "--out", str(killed), *FAST],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while last_step(killed) < kill_at and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last_step(killed) < 28, "the run finished before it could be killed"
+
+    resumed = simclr("train", "--resume", str(killed), *FAST)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr.splitlines()[0]
+    a, b = load_file(str(full / "encoder.safetensors")), load_file(str(killed / "encoder.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resuming from step ~{kill_at}"
+    head_a = load_checkpoint(full / "checkpoint.pt")["model"]
+    head_b = load_checkpoint(killed / "checkpoint.pt")["model"]
+    assert all(torch.equal(head_a[k], head_b[k]) for k in head_a)
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 29)), "metrics.jsonl must hold each step once after a resume"
+
+
+def test_sigint_checkpoints_and_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "simclr", "train", "--epochs", "3", "--out", str(run),
+                             "--batch-size", "64", "threads=1", "log_every=1", "checkpoint_every=0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while last_step(run) < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    assert "--resume" in err.strip().splitlines()[-1]
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert 5 <= state["progress"]["step"] < 42  # saved at the step it stopped, mid-epoch
+    done = simclr("train", "--resume", str(run), "--batch-size", "64", "threads=1")
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(run / "checkpoint.pt")["progress"]["step"] == 42
+
+
+def _state(step: int, value: float) -> dict[str, object]:
+    return {"model": {"w": torch.full((4,), value)}, "progress": {"step": step}}
+
+
+def test_crash_during_checkpoint_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _state(1, 1.0), keep=2)
+
+    def torn_save(obj: object, f: str) -> None:
+        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, _state(2, 2.0), keep=2)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((4,), 1.0))
+
+
+WRITER = """
+import sys, torch
+from pathlib import Path
+from simclr.checkpoint import save_checkpoint
+path = Path(sys.argv[1])
+for step in range(1, 10_000):
+    save_checkpoint(path, {"model": {"w": torch.full((2_000_000,), float(step))}, "progress": {"step": step}}, keep=2)
+    print(step, flush=True)
+"""
+
+
+def test_sigkill_during_checkpoint_writes_leaves_a_loadable_one(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # one checkpoint exists
+    time.sleep(random.uniform(0.05, 0.5))  # then die at an arbitrary point of a later write
+    proc.kill()
+    proc.wait()
+    state = load_checkpoint(path)
+    step = state["progress"]["step"]
+    assert torch.equal(state["model"]["w"], torch.full((2_000_000,), float(step)))
+    assert len(list(tmp_path.glob("checkpoint-*.pt"))) <= 2
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("command", ["train --resume", "export"])
+def test_malicious_checkpoint_runs_nothing(tmp_path: Path, command: str) -> None:
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    run.mkdir()
+    torch.save({"model": _Payload(marker)}, run / "checkpoint.pt")  # a pickle that would run a command
+    torch.load(run / "checkpoint.pt", weights_only=False)  # proof the payload is live: unsafe loading runs it
+    assert marker.exists()
+    marker.unlink()
+    result = simclr(*command.split(), str(run))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert not marker.exists(), "loading the checkpoint executed its payload"
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 100, b"PK\x03\x04truncated"])
+def test_broken_checkpoint_is_one_line_error(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(UserError):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    result = simclr("export", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = simclr("train", "--epochs", "1", "--out", str(run), "--batch-size", "64", "checkpoint_every=1",
+                    "optim.name=sgd", "optim.lr=1e30", "optim.warmup_epochs=0")
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: loss is") and "at step" in last and "Traceback" not in result.stderr
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_resume_with_other_model_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert simclr("train", "--epochs", "1", "--out", str(run), "--batch-size", "256").returncode == 0
+    result = simclr("train", "--out", str(run), "model.head_version=2")
+    assert result.returncode == 2 and "model.head_version" in result.stderr
+
+
+def _fake_run(tmp_path: Path, model: nn.Module) -> Path:
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": model.state_dict(), "progress": {"step": 1}})
+    return tmp_path
+
+
+@pytest.mark.parametrize("cifar_stem", [True, False])
+def test_export_loads_strictly_into_torchvision(tmp_path: Path, cifar_stem: bool) -> None:
+    model = build_model("resnet18", 3, 32 if cifar_stem else 224)
+    path = export_encoder(_fake_run(tmp_path, model), "torchvision")
+    net = torchvision.models.resnet18()
+    net.fc = nn.Identity()  # type: ignore[assignment]
+    if cifar_stem:  # the documented CIFAR stem
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()  # type: ignore[assignment]
+    net.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    net.eval()
+    model.eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(net(x), model.encoder(x))
+
+    st = export_encoder(tmp_path, "safetensors", tmp_path / "enc.safetensors")
+    assert load_file(str(st)).keys() == model.encoder.state_dict().keys()
