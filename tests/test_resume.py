@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -28,9 +29,14 @@ def simclr(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "simclr", *args], capture_output=True, text=True, timeout=300, **kw)  # type: ignore[call-overload, no-any-return]
 
 
+def logged_steps(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line)["step"] for line in lines if line.endswith("}")]
+
+
 def last_step(run: Path) -> int:
-    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
-    return int(lines[-1].split('"step": ')[1].split(",")[0]) if lines else 0
+    return (logged_steps(run) or [0])[-1]
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
@@ -57,8 +63,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
     head_a = load_checkpoint(full / "checkpoint.pt")["model"]
     head_b = load_checkpoint(killed / "checkpoint.pt")["model"]
     assert all(torch.equal(head_a[k], head_b[k]) for k in head_a)
-    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 29)), "metrics.jsonl must hold each step once after a resume"
+    assert logged_steps(killed) == list(range(1, 29)), "metrics.jsonl must hold each step once after a resume"
 
 
 def test_sigint_checkpoints_and_resumes(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if run_dir and (Path(run_dir) / CHECKPOINT).exists():
         state = load_checkpoint(Path(run_dir) / CHECKPOINT)
         saved = from_dict(state["config"])
-        cfg = load_config(args.config, overrides + [f"out={run_dir}"], base=saved)
+        cfg = load_config(args.config, [*overrides, f"out={run_dir}"], base=saved)
         changed = changed_keys(saved, cfg, ("data", "model"))
         if changed:
             raise UserError(f"cannot resume {run_dir} with a different {', '.join(changed)}; use a new --out")
