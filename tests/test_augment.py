@@ -1,0 +1,334 @@
+"""The batched SimCLR augmentation: shapes, per-sample randomness, seeds, and each op's math."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+
+from simclr import ImageAugment, two_views
+from simclr import augment as aug
+from simclr.config import AugmentConfig
+from simclr.train import build_augment
+
+# Every random step switched off: crop = whole image, no flip, no colour, no blur.
+OFF = dict(
+    min_scale=1.0, min_ratio=1.0, max_ratio=1.0, flip_prob=0.0,
+    color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
+)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator(device=torch.device("cpu")).manual_seed(seed)
+
+
+def uint8_images(b: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (b, c, h, w), generator=gen(seed), dtype=torch.uint8)
+
+
+def smooth_image(c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """(1, c, h, w) uint8 with structure at every scale, so crops and flips change it."""
+    low = torch.rand(1, c, 4, 4, generator=gen(seed))
+    x = F.interpolate(low, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+    x = 0.7 * x + 0.3 * torch.rand(1, c, h, w, generator=gen(seed + 1))
+    return (x * 255).round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(("h", "w", "size"), [(32, 32, 32), (20, 28, 16), (40, 24, 24)])
+def test_shape_dtype_range(channels: int, h: int, w: int, size: int) -> None:
+    x = uint8_images(6, channels, h, w)
+    out = ImageAugment(size=size, blur_prob=0.0)(x, gen())
+    assert out.shape == (6, channels, size, size)
+    assert out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+    assert out.std() > 0.05  # not collapsed to a constant
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_output_range_with_blur(channels: int) -> None:
+    # The documented contract is [0, 1] exactly: a blur kernel normalized in float32 sums to
+    # 1 only up to rounding, so pixels near 1 can come out a few ulp above it unless clipped.
+    for seed in range(10):
+        out = ImageAugment(size=32, blur_prob=1.0)(uint8_images(16, channels, 32, 32, seed), gen(seed))
+        assert out.min() >= 0 and out.max() <= 1, f"seed {seed}: max - 1 = {out.max().item() - 1:.3g}"
+
+
+def test_float_input_in_unit_range_is_accepted() -> None:
+    x = torch.rand(3, 3, 16, 16, generator=gen())
+    out = ImageAugment(size=16, **OFF)(x, gen())
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_two_views_of_one_image_differ(channels: int) -> None:
+    x = smooth_image(channels, 32, 32)
+    x1, x2 = two_views(ImageAugment(size=32), x, gen())
+    assert x1.shape == x2.shape == (1, channels, 32, 32)
+    assert (x1 - x2).abs().mean() > 0.01
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_each_sample_draws_its_own_parameters(channels: int) -> None:
+    b = 16
+    x = smooth_image(channels, 32, 32).expand(b, -1, -1, -1)
+    out = ImageAugment(size=32)(x, gen()).flatten(1)  # (b, c*32*32)
+    distance = torch.cdist(out, out)  # (b, b)
+    off_diagonal = distance[~torch.eye(b, dtype=torch.bool)]
+    assert off_diagonal.min() > 1e-3  # all B outputs are distinct
+
+
+def test_flip_is_per_sample() -> None:
+    # With only the flip random, copies of one image come out in both orientations.
+    x = smooth_image(3, 16, 16).expand(64, -1, -1, -1)
+    out = ImageAugment(size=16, **{**OFF, "flip_prob": 0.5})(x, gen())
+    base = x[0].float() / 255
+    plain = ((out - base).abs().amax(dim=(1, 2, 3)) < 1e-5).sum().item()
+    mirrored = ((out - base.flip(-1)).abs().amax(dim=(1, 2, 3)) < 1e-5).sum().item()
+    assert plain + mirrored == 64
+    assert 16 <= plain <= 48
+
+
+def test_same_seed_same_output_different_seed_differs() -> None:
+    x = uint8_images(8, 3, 24, 24)
+    a = ImageAugment(size=24)
+    assert torch.equal(a(x, gen(1)), a(x, gen(1)))
+    assert torch.equal(torch.cat(two_views(a, x, gen(1))), torch.cat(two_views(a, x, gen(1))))
+    assert not torch.allclose(a(x, gen(1)), a(x, gen(2)))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_all_randomness_off_is_identity(channels: int) -> None:
+    x = uint8_images(4, channels, 20, 20)
+    out = ImageAugment(size=20, **OFF)(x, gen())
+    torch.testing.assert_close(out, x.float() / 255, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("h", "w", "size"), [(16, 16, 24), (12, 20, 16), (30, 18, 8)])
+def test_all_randomness_off_is_a_plain_resize(h: int, w: int, size: int) -> None:
+    # A non-square image cannot hold a square box of area 1, so the crop falls back to the
+    # whole image, which is then resized (bilinear) to size×size.
+    x = uint8_images(3, 3, h, w)
+    out = ImageAugment(size=size, **OFF)(x, gen())
+    expected = F.interpolate(x.float() / 255, size=(size, size), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_flip_only_equals_torch_flip() -> None:
+    x = uint8_images(5, 3, 18, 18)
+    out = ImageAugment(size=18, **{**OFF, "flip_prob": 1.0})(x, gen())
+    torch.testing.assert_close(out, torch.flip(x.float() / 255, dims=[-1]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("area", "ratio"), [(0.25, 1.0), (0.25, 2.0), (0.5, 0.5)])
+def test_crop_area_and_aspect_ratio(area: float, ratio: float) -> None:
+    # On ramps (value = column / (W-1), or row / (H-1)), the span of values across the output
+    # is the fraction of the image side the box covers: w = sqrt(area * ratio), h = sqrt(area / ratio).
+    s = 32
+    ramp = torch.arange(s, dtype=torch.float32) / (s - 1)
+    x = torch.stack([ramp.view(1, s).expand(s, s), ramp.view(s, 1).expand(s, s), torch.zeros(s, s)])
+    x = x.unsqueeze(0).expand(32, -1, -1, -1)  # (32, 3, s, s), channel 0: columns, 1: rows
+    a = ImageAugment(size=s, **{**OFF, "min_scale": area, "max_scale": area, "min_ratio": ratio, "max_ratio": ratio})
+    out = a(x, gen())
+    span_w = out[:, 0].amax(dim=(1, 2)) - out[:, 0].amin(dim=(1, 2))
+    span_h = out[:, 1].amax(dim=(1, 2)) - out[:, 1].amin(dim=(1, 2))
+    # Boxes touching the border lose at most half a pixel to clamping: 0.5 / 31 < 0.02.
+    torch.testing.assert_close(span_w, torch.full_like(span_w, (area * ratio) ** 0.5), atol=0.02, rtol=0)
+    torch.testing.assert_close(span_h, torch.full_like(span_h, (area / ratio) ** 0.5), atol=0.02, rtol=0)
+    # The box position is random per sample.
+    assert out[:, 0].amin(dim=(1, 2)).std() > 0.05
+
+
+def test_grayscale_prob_one_gives_equal_channels() -> None:
+    x = uint8_images(6, 3, 16, 16)
+    out = ImageAugment(size=16, **{**OFF, "grayscale_prob": 1.0})(x, gen())
+    assert out.shape == (6, 3, 16, 16)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
+    torch.testing.assert_close(out[:, :1], aug.grayscale(x.float() / 255), atol=1e-6, rtol=0)
+
+
+def test_grayscale_is_itu_r_601_luma() -> None:
+    x = torch.rand(4, 3, 8, 8, generator=gen())
+    expected = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    torch.testing.assert_close(aug.grayscale(x), expected.unsqueeze(1), atol=1e-6, rtol=0)
+    one = torch.rand(2, 1, 8, 8, generator=gen())
+    assert torch.equal(aug.grayscale(one), one)
+
+
+@pytest.fixture
+def torchvision_luma(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torchvision (like TF) weights red by 0.2989, this package by ITU-R 601's 0.299. Use
+    # torchvision's weights here so the comparisons below test the blending math exactly.
+    monkeypatch.setattr(aug, "LUMA", (0.2989, 0.587, 0.114))
+
+
+def _per_sample(fn, x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + 1], float(factors[i])) for i in range(len(x))])
+
+
+@pytest.mark.usefixtures("torchvision_luma")
+def test_colour_ops_match_torchvision() -> None:
+    x = torch.rand(8, 3, 12, 12, generator=gen(3), dtype=torch.float32)
+    f = torch.linspace(0.2, 1.8, 8)
+    # Each op is followed by clipping in color_jitter; torchvision clips inside the op.
+    cases = [
+        (aug._brightness, TF.adjust_brightness),
+        (aug._contrast, TF.adjust_contrast),
+        (aug._saturation, TF.adjust_saturation),
+    ]
+    for ours, theirs in cases:
+        torch.testing.assert_close(ours(x, f).clamp(0, 1), _per_sample(theirs, x, f), atol=1e-5, rtol=0)
+    torch.testing.assert_close(aug.grayscale(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.usefixtures("torchvision_luma")
+def test_contrast_on_one_channel_matches_torchvision() -> None:
+    x = torch.rand(4, 1, 12, 12, generator=gen(4))
+    f = torch.tensor([0.3, 0.9, 1.2, 1.7])
+    expected = _per_sample(TF.adjust_contrast, x, f)
+    torch.testing.assert_close(aug._contrast(x, f).clamp(0, 1), expected, atol=1e-5, rtol=0)
+
+
+def test_hue_matches_torchvision() -> None:
+    x = torch.rand(8, 3, 12, 12, generator=gen(5))
+    shift = torch.linspace(-0.5, 0.5, 8)
+    torch.testing.assert_close(aug._hue(x, shift), _per_sample(TF.adjust_hue, x, shift), atol=1e-4, rtol=0)
+
+
+def test_hue_zero_shift_is_identity_and_full_turn_too() -> None:
+    x = torch.rand(4, 3, 8, 8, generator=gen(6))
+    torch.testing.assert_close(aug._hue(x, torch.zeros(4)), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(aug._hue(x, torch.ones(4)), x, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0])
+def test_color_jitter_brightness_factor_range_and_probability(strength: float) -> None:
+    # On a constant 1-channel image only brightness acts (contrast of a constant is a no-op),
+    # so out / in is exactly the drawn factor: U(1 - 0.8s, 1 + 0.8s) with probability 0.8.
+    b = 4000
+    x = torch.full((b, 1, 2, 2), 0.5)
+    out = aug.color_jitter(x, strength, prob=0.8, gen=gen(7))
+    factor = out[:, 0, 0, 0] / 0.5
+    assert torch.equal(out, factor.view(b, 1, 1, 1).expand_as(out) * 0.5)  # one factor per sample
+    changed = (factor - 1).abs() > 1e-6
+    assert changed.float().mean().item() == pytest.approx(0.8, abs=0.03)
+    lo, hi = 1 - 0.8 * strength, 1 + 0.8 * strength
+    f = factor[changed]
+    assert f.min() >= lo - 1e-6 and f.max() <= hi + 1e-6
+    assert f.min() < lo + 0.02 and f.max() > hi - 0.02  # the whole range is used
+    assert f.mean().item() == pytest.approx(1.0, abs=0.03)
+
+
+def test_color_jitter_clips_and_keeps_range() -> None:
+    x = torch.rand(64, 3, 8, 8, generator=gen(8))
+    out = aug.color_jitter(x, 1.0, prob=1.0, gen=gen(9))
+    assert out.min() >= 0 and out.max() <= 1
+    assert (out - x).abs().amax(dim=(1, 2, 3)).min() > 1e-4  # every sample was changed
+
+
+def test_color_jitter_prob_zero_is_identity() -> None:
+    x = torch.rand(8, 3, 8, 8, generator=gen(10))
+    assert torch.equal(aug.color_jitter(x, 1.0, prob=0.0, gen=gen(11)), x)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_color_jitter_order_and_factors_per_sample(channels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Replace the four ops by recorders: each sample is tagged by its pixel value, so the
+    # calls reveal, per sample, which ops ran in which order and with which factor.
+    b, s = 240, 0.5
+    calls: list[tuple[int, list[int], list[float]]] = []
+
+    def recorder(op: int):
+        def record(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+            calls.append((op, [round(v * 1000) for v in x[:, 0, 0, 0].tolist()], f.tolist()))
+            return x
+        return record
+
+    monkeypatch.setattr(aug, "_COLOR_OPS", tuple(recorder(op) for op in range(4)))
+    x = (torch.arange(b, dtype=torch.float32) / 1000).view(b, 1, 1, 1).expand(b, channels, 2, 2)
+    aug.color_jitter(x.contiguous(), s, prob=1.0, gen=gen(16))
+    orders: dict[int, list[int]] = {i: [] for i in range(b)}
+    factors: dict[int, list[float]] = {op: [] for op in range(4)}
+    for op, ids, fs in calls:
+        for i in ids:
+            orders[i].append(op)
+        factors[op] += fs
+    ops = [0, 1, 2, 3] if channels == 3 else [0, 1]  # saturation and hue are no-ops on gray
+    assert all(sorted(o) == ops for o in orders.values())  # each op exactly once per sample
+    distinct = {tuple(o) for o in orders.values()}
+    assert len(distinct) == (24 if channels == 3 else 2)  # all orders occur
+    firsts = torch.tensor([o[0] for o in orders.values()])
+    for op in ops:  # the first op is uniform over the ops
+        assert (firsts == op).float().mean().item() == pytest.approx(1 / len(ops), abs=0.1)
+    for op in ops:
+        f = torch.tensor(factors[op])
+        lo, hi = (-0.2 * s, 0.2 * s) if op == 3 else (1 - 0.8 * s, 1 + 0.8 * s)
+        assert len(f) == b and f.min() >= lo and f.max() <= hi
+        assert f.min() < lo + 0.1 * (hi - lo) and f.max() > hi - 0.1 * (hi - lo)
+        assert f.std() > 0.2 * (hi - lo)  # U(lo, hi) has std (hi - lo) / sqrt(12) ≈ 0.29 (hi - lo)
+
+
+def test_blur_preserves_constant_and_reduces_noise_variance() -> None:
+    const = torch.full((4, 3, 40, 40), 0.37)
+    torch.testing.assert_close(aug.gaussian_blur(const, 1.0, (0.1, 2.0), gen()), const, atol=1e-6, rtol=0)
+    noise = torch.rand(16, 1, 40, 40, generator=gen(12))
+    blurred = aug.gaussian_blur(noise, 1.0, (1.0, 2.0), gen(13))
+    assert blurred.shape == noise.shape
+    assert blurred.mean().item() == pytest.approx(noise.mean().item(), abs=0.01)
+    assert (blurred.var(dim=(1, 2, 3)) < 0.5 * noise.var(dim=(1, 2, 3))).all()
+
+
+def test_blur_is_per_sample_with_probability() -> None:
+    noise = torch.rand(200, 1, 20, 20, generator=gen(14))
+    out = aug.gaussian_blur(noise, 0.5, (1.0, 2.0), gen(15))
+    untouched = (out == noise).flatten(1).all(1).float().mean().item()
+    assert untouched == pytest.approx(0.5, abs=0.1)
+
+
+def test_blur_prob_one_through_augment() -> None:
+    x = uint8_images(6, 3, 40, 40)
+    plain = ImageAugment(size=40, **OFF)(x, gen())
+    blurred = ImageAugment(size=40, **{**OFF, "blur_prob": 1.0, "blur_sigma_min": 1.5})(x, gen())
+    assert (blurred.var(dim=(2, 3)) < plain.var(dim=(2, 3))).all()
+
+
+def test_cifar_recipe_runs_on_a_batch() -> None:
+    a = ImageAugment(size=32, color_jitter_strength=0.5, blur_prob=0.0)
+    x = uint8_images(16, 3, 32, 32)
+    x1, x2 = two_views(a, x, gen())
+    assert x1.shape == x2.shape == (16, 3, 32, 32)
+    assert x1.min() >= 0 and x1.max() <= 1
+    assert not torch.equal(x1, x2)
+
+
+def test_defaults_are_the_paper_recipe() -> None:
+    a = ImageAugment(size=224)
+    assert (a.min_scale, a.max_scale) == (0.08, 1.0)
+    assert (a.min_ratio, a.max_ratio) == pytest.approx((3 / 4, 4 / 3))
+    assert (a.flip_prob, a.color_jitter_strength, a.color_jitter_prob) == (0.5, 1.0, 0.8)
+    assert (a.grayscale_prob, a.blur_prob, a.blur_sigma_min, a.blur_sigma_max) == (0.2, 0.5, 0.1, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("size", "strength", "blur"),
+    [(8, 0.5, 0.0), (32, 0.5, 0.0), (64, 0.5, 0.0), (65, 1.0, 0.5), (224, 1.0, 0.5)],
+)
+def test_build_augment_auto_recipe(size: int, strength: float, blur: float) -> None:
+    a = build_augment(AugmentConfig(), size)
+    assert a.size == size
+    assert (a.color_jitter_strength, a.blur_prob) == (strength, blur)
+
+
+def test_build_augment_explicit_recipe_and_overrides() -> None:
+    assert build_augment(AugmentConfig(recipe="imagenet"), 32).blur_prob == 0.5
+    assert build_augment(AugmentConfig(recipe="imagenet"), 32).color_jitter_strength == 1.0
+    assert build_augment(AugmentConfig(recipe="cifar"), 224).blur_prob == 0.0
+    assert build_augment(AugmentConfig(recipe="cifar"), 224).color_jitter_strength == 0.5
+    cfg = AugmentConfig(
+        recipe="cifar", color_jitter_strength=0.3, blur_prob=0.25, min_scale=0.5,
+        flip_prob=0.1, color_jitter_prob=0.6, grayscale_prob=0.05,
+    )
+    a = build_augment(cfg, 32)
+    assert (a.color_jitter_strength, a.blur_prob, a.min_scale) == (0.3, 0.25, 0.5)
+    assert (a.flip_prob, a.color_jitter_prob, a.grayscale_prob) == (0.1, 0.6, 0.05)
