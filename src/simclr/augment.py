@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# ITU-R 601 luma weights, as in torchvision's rgb_to_grayscale and TF's rgb_to_grayscale.
+# ITU-R 601 luma weights, as in PIL's convert("L") (torchvision rounds red to 0.2989).
 LUMA = (0.299, 0.587, 0.114)
 
 
@@ -223,6 +223,7 @@ class ImageAugment:
             x = random_grayscale(x, self.grayscale_prob, gen)
         if self.blur_prob > 0:
             x = gaussian_blur(x, self.blur_prob, (self.blur_sigma_min, self.blur_sigma_max), gen)
+            x = x.clamp_(0, 1)  # the float32 kernel sums to 1 only within rounding
         return x
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from simclr.config import Config, to_dict
 from simclr.errors import UserError
 
 
+@cache
 def git_revision() -> str | None:
     try:
         out = subprocess.run(
@@ -65,6 +70,46 @@ def save_encoder(path: Path, encoder: torch.nn.Module) -> None:
     """The encoder's state dict as safetensors (shared storage made contiguous copies)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
     atomic_write(path, lambda p: save_file(tensors, str(p)))
+
+
+def rng_state(augment_states: list[torch.Tensor]) -> dict[str, Any]:
+    """Every random state the run uses: Python, NumPy, torch (CPU and CUDA), and each rank's
+    augmentation generator (in rank order)."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),  # type: ignore[index]
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        "augment": augment_states,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], augment_gen: torch.Generator, rank: int, world_size: int) -> None:
+    if len(state["augment"]) != world_size:
+        raise UserError(
+            f"the checkpoint was written by {len(state['augment'])} process(es), this run has {world_size}; "
+            "resume with the same number of processes"
+        )
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(int(v) for v in state["python"]), None))
+    augment_gen.set_state(state["augment"][rank])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_checkpoint(out: Path, state: dict[str, Any], cfg: Config) -> None:
+    """checkpoint.pt in the run directory with the config, package version and git revision;
+    a failed write stops the run with the previous checkpoint intact."""
+    from simclr import __version__
+
+    state = {**state, "config": to_dict(cfg), "version": __version__, "git": git_revision()}
+    try:
+        save_checkpoint(out / "checkpoint.pt", state, cfg.keep_checkpoints)
+    except OSError as e:
+        raise UserError(f"cannot write checkpoint in {out}: {e.strerror or e}; the previous one is kept") from None
 
 
 def export_encoder(run_dir: Path, fmt: str, out: Path | None = None) -> Path:

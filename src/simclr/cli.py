@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> None:
     from simclr.checkpoint import load_checkpoint
     from simclr.config import changed_keys, from_dict, load_config
-    from simclr.train import format_table, train
+    from simclr.metrics import format_table
+    from simclr.train import train
 
     flags = {"data.source": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
@@ -63,6 +65,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = load_config(args.config, overrides + ([f"out={args.out}"] if args.out else []))
     out, results = train(cfg, state)
+    if os.environ.get("RANK", "0") != "0":
+        return
     log.info("encoder weights: %s", out / "encoder.safetensors")
     if results is None:
         log.info("no labels in the data: evaluation needs a labelled set")
@@ -78,7 +82,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Under torchrun only rank 0 reports progress; the others speak only of problems.
+    quiet = os.environ.get("RANK", "0") != "0"
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         args = build_parser().parse_args(argv)
         {"train": cmd_train, "export": cmd_export}[args.command](args)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -18,11 +19,22 @@ from simclr.errors import UserError
 
 @dataclass
 class DataConfig:
-    source: str = "digits"  # a built-in name (digits) or a path (.npy/.npz)
-    channels: int | None = None  # None: as the data comes
-    image_size: int | None = None  # None: the source's own size (digits: upsampled to 16)
+    # A built-in name (digits, mnist, cifar10, cifar100, stl10) or a path: a folder, .zip or
+    # .tar of images (class subfolders give labels), a .npy/.npz, or an MNIST IDX, CIFAR
+    # python-batches or STL-10 binary folder. A ":split" suffix picks a split (mnist:test).
+    source: str = "digits"
+    channels: int | None = None  # None: as the data comes (image files: 1 if all grey, else 3)
+    # None: the source's own size (digits: upsampled to 16; image files of mixed sizes: the
+    # median shorter side, within 8..224). Non-square images keep their central square.
+    image_size: int | None = None
     test_fraction: float = 0.5  # held-out stratified split for evaluation, seeded
     device_resident: bool = True  # keep the uint8 images on the training device
+    eval_source: str | None = None  # a separate labelled evaluation set; None: split `source`
+    # Folder of the built-in datasets; None: $SIMCLR_DATA, else ~/.local/share/simclr/datasets
+    root: str | None = None
+    cache_dir: str | None = None  # decoded-image cache; None: $SIMCLR_CACHE, else ~/.cache/simclr
+    strict: bool = False  # a broken image file is an error instead of being skipped
+    download: bool = False  # fetch a missing built-in dataset into `root` (never by default)
 
 
 @dataclass
@@ -74,6 +86,8 @@ class Config:
     eval_knn_k: int = 200
     eval_few_shot: int = 5
     threads: int | None = None  # torch CPU threads; None: torch's default
+    sync_batchnorm: bool = True  # with several processes: BN statistics over the global batch
+    dist_timeout_s: float = 1800.0  # collectives fail after this instead of hanging
 
 
 def _check(ok: bool, message: str) -> None:
@@ -125,6 +139,8 @@ def load_config(
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise UserError(_describe(e)) from None
+    except (yaml.YAMLError, TypeError, ValueError) as e:  # a malformed file, or one that is not a mapping
+        raise UserError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
     _validate(cfg)
     return cfg
 
@@ -132,6 +148,8 @@ def load_config(
 def _describe(e: OmegaConfBaseException) -> str:
     key = getattr(e, "full_key", None)
     kind = type(e).__name__
+    if "Merge error" in str(e):  # e.g. `model=3`: a value where a section belongs
+        return f"bad config value: {str(e).splitlines()[0]} (a section needs its keys, e.g. model.encoder=...)"
     if "Key" in kind and key:
         return f"unknown config key {key!r}"
     if key:
@@ -157,6 +175,7 @@ def from_dict(d: dict[str, Any]) -> Config:
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise UserError(_describe(e)) from None
+    _validate(cfg)
     return cfg
 
 

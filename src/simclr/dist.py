@@ -1,10 +1,20 @@
-"""Process-group helpers that degrade to a single process when torch.distributed is not in use."""
+"""Process-group helpers. torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR)
+turns distributed mode on; without it every helper degrades to a single process."""
 
 from __future__ import annotations
+
+import os
+import warnings
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
 import torch.distributed.nn.functional as dist_fn
+
+# The autograd-aware collectives below work and are what the maths needs; their announced
+# successor is a private module, so keep them and silence the notice.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional", category=FutureWarning)
 
 
 def is_distributed() -> bool:
@@ -21,6 +31,73 @@ def rank() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def init_from_env(timeout_s: float) -> None:
+    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU). Collectives
+    time out after `timeout_s` so a dead or missing rank is an error, not a hang."""
+    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch_dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+
+
+def local_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def shutdown() -> None:
+    if is_distributed():
+        torch_dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        torch_dist.barrier()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (picklable objects of this program only)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _collective_device() -> torch.device:
+    return local_device() if torch_dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over ranks (a detached copy)."""
+    if not is_distributed():
+        return x.detach()
+    y = x.detach().clone()
+    torch_dist.all_reduce(y)
+    return y / world_size()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([float(flag)], device=_collective_device())
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

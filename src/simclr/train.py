@@ -1,14 +1,13 @@
-"""Pretraining: data → two augmented views → encoder f → head g → NT-Xent → optimizer."""
+"""Pretraining: data → two augmented views → encoder f → head g → NT-Xent → optimizer.
+
+One process or many: under torchrun every rank takes its slice of each global batch, the loss
+sees the negatives of all ranks, BatchNorm is synchronized, and rank 0 writes everything.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import random
-import signal
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,24 +15,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from simclr import __version__
+from simclr import dist
 from simclr.augment import ImageAugment, two_views
-from simclr.checkpoint import git_revision, save_checkpoint, save_encoder
-from simclr.config import AugmentConfig, Config, save_config, to_dict
+from simclr.checkpoint import restore_rng, rng_state, save_encoder, save_training_checkpoint
+from simclr.config import AugmentConfig, Config, save_config
 from simclr.data import ImageData, load_images
 from simclr.errors import UserError
 from simclr.evaluate import evaluate_run, stratified_split
+from simclr.global_bn import to_global_batchnorm
 from simclr.loss import nt_xent
+from simclr.metrics import MetricsLogger
 from simclr.model import CIFAR_STEM_MAX_SIZE, SimCLR, build_encoder, build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr
+from simclr.signals import SignalGuard
 
 log = logging.getLogger("simclr")
 
 
 def resolve_device(name: str) -> torch.device:
+    if dist.is_distributed():
+        return dist.local_device()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -59,14 +63,17 @@ def build_augment(cfg: AugmentConfig, image_size: int) -> ImageAugment:
 
 
 def make_run_dir(cfg: Config) -> Path:
+    """Rank 0 names and creates the run directory (checked writable); every rank gets its path."""
     out = Path(cfg.out) if cfg.out else Path("runs") / f"{Path(cfg.data.source).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to output directory {out}: {e.strerror or e}") from None
+    out = Path(dist.broadcast_object(str(out)))
+    if dist.is_main_process():
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to output directory {out}: {e.strerror or e}") from None
     return out
 
 
@@ -80,22 +87,38 @@ class Run:
     data: ImageData  # the full dataset (labels, if any, only for evaluation)
     train_index: np.ndarray  # rows used for pretraining
     test_index: np.ndarray | None  # held-out rows for evaluation (None: no labels)
-    model: SimCLR
+    model: SimCLR  # the bare network: what checkpoints hold
+    net: nn.Module  # what the loop calls: `model`, or its DistributedDataParallel wrapper
     augment: ImageAugment
     optimizer: torch.optim.Optimizer
     peak_lr: float
     total_steps: int
     warmup_steps: int
     steps_per_epoch: int
+    local_batch: int  # this rank's share of the global batch
+
+
+def load_data_once(cfg: Config) -> ImageData:
+    """Rank 0 loads first (building any decode cache), then the others read what it built."""
+    if not dist.is_main_process():
+        dist.barrier()
+    data = load_images(cfg.data.source, cfg.data.channels, cfg.data.image_size)
+    if dist.is_main_process():
+        dist.barrier()
+    return data
 
 
 def setup(cfg: Config) -> Run:
-    torch.manual_seed(cfg.seed)
+    dist.init_from_env(cfg.dist_timeout_s)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    world = dist.world_size()
+    if cfg.batch_size % world:
+        raise UserError(f"batch_size {cfg.batch_size} (the global batch) must divide by the {world} ranks")
+    data = load_data_once(cfg)  # before the run directory: a bad --data leaves nothing behind
     out = make_run_dir(cfg)
-    data = load_images(cfg.data.source, cfg.data.channels, cfg.data.image_size)
     if data.labels is not None:
         train_index, test_index = stratified_split(data.labels.numpy(), cfg.data.test_fraction, cfg.seed)
     else:
@@ -108,17 +131,36 @@ def setup(cfg: Config) -> Run:
     model = build_model(
         cfg.model.encoder, data.channels, data.image_size, cfg.model.cifar_stem,
         cfg.model.proj_dim, cfg.model.head_version,
-    ).to(device)
-    peak_lr = scaled_lr(cfg.optim.lr, cfg.batch_size, cfg.optim.lr_scaling)
+    )
+    model = model.to(device)
+    net: nn.Module = model
+    if world > 1:
+        if cfg.sync_batchnorm:  # the paper's global BN: statistics over the whole global batch
+            model = to_global_batchnorm(model, cuda=device.type == "cuda")  # type: ignore[assignment]
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    peak_lr = scaled_lr(cfg.optim.lr, cfg.batch_size, cfg.optim.lr_scaling)  # scaled by the global batch
     optimizer = build_optimizer(model, cfg.optim.name, peak_lr, cfg.optim.weight_decay, cfg.optim.momentum)
     steps_per_epoch = len(train_index) // cfg.batch_size  # drop the last partial batch
     return Run(
-        cfg, out, device, data, train_index, test_index, model,
+        cfg, out, device, data, train_index, test_index, model, net,
         build_augment(cfg.augment, data.image_size), optimizer, peak_lr,
         total_steps=steps_per_epoch * cfg.epochs,
         warmup_steps=round(steps_per_epoch * cfg.optim.warmup_epochs),
         steps_per_epoch=steps_per_epoch,
+        local_batch=cfg.batch_size // world,
     )
+
+
+def train_step(
+    net: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """One SimCLR update on two views of this rank's samples; returns the (local) loss."""
+    z1, z2 = net(x1, x2)  # (n, proj_dim) each, both views in one forward pass
+    loss = nt_xent(z1, z2, temperature)  # negatives from every rank
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    return loss.detach()
 
 
 @dataclass
@@ -135,139 +177,62 @@ class StopRequested(Exception):
     """SIGINT/SIGTERM arrived; the loop saved a checkpoint and unwinds."""
 
 
-class SignalGuard:
-    """The first SIGINT/SIGTERM asks the loop to checkpoint and stop after the current step;
-    a second one exits at once."""
-
-    def __init__(self) -> None:
-        self.requested: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> SignalGuard:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested is not None:
-            raise KeyboardInterrupt  # second signal: leave now
-        self.requested = signum
-        log.warning("\nsignal %d: saving a checkpoint after this step (again to quit at once)", signum)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 def train_one_epoch(
     run: Run, progress: Progress, images: torch.Tensor, order_gen: torch.Generator,
     aug_gen: torch.Generator, logger: MetricsLogger, guard: SignalGuard,
 ) -> None:
-    """The rest of the current epoch, in the epoch's random order, from `progress.batch`."""
-    cfg, model = run.cfg, run.model
-    model.train()
+    """The rest of the current epoch from `progress.batch`. Every rank draws the same global
+    order; rank r takes the r-th slice of each global batch."""
+    cfg = run.cfg
+    run.net.train()
     order_gen.set_state(progress.epoch_order_state)  # type: ignore[arg-type]
     order = torch.randperm(len(images), generator=order_gen)
-    logger.bar.set_description(f"epoch {progress.epoch + 1}/{cfg.epochs}")
+    logger.set_epoch(progress.epoch + 1, cfg.epochs)
     while progress.batch < run.steps_per_epoch:
         lr = lr_at(progress.step, run.total_steps, run.warmup_steps, run.peak_lr)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        i = progress.batch
-        x = images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]].to(run.device, non_blocking=True)
-        x1, x2 = two_views(run.augment, x, aug_gen)  # (n, c, s, s) each
-        z1, z2 = model(x1, x2)
-        loss = nt_xent(z1, z2, cfg.temperature)
-        if not torch.isfinite(loss):
+        start = progress.batch * cfg.batch_size + dist.rank() * run.local_batch
+        x = images[order[start : start + run.local_batch]].to(run.device, non_blocking=True)
+        x1, x2 = two_views(run.augment, x, aug_gen)  # (n, c, s, s) each, per-sample randomness
+        loss = train_step(run.net, run.optimizer, x1, x2, cfg.temperature)
+        if not torch.isfinite(loss):  # all ranks agree: the gathered negatives are shared
             raise UserError(
                 f"loss is {loss.item()} at step {progress.step}: lower optim.lr, raise the temperature, "
                 "or train in float32; the last checkpoint is kept"
             )
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        run.optimizer.step()
         progress.step += 1
         progress.batch += 1
-        logger.update(progress.step, progress.epoch, loss, lr, len(x), last=progress.batch == run.steps_per_epoch)
-        if progress.batch == run.steps_per_epoch:  # the epoch is done: the next one starts fresh
+        end_of_epoch = progress.batch == run.steps_per_epoch
+        logger.count(cfg.batch_size)
+        if logger.due(progress.step, end_of_epoch):
+            logger.log(progress.step, progress.epoch + 1, {"loss": dist.mean(loss).item(), "lr": lr})
+        if end_of_epoch:  # the next epoch starts from the generator's state now
             progress.epoch, progress.batch = progress.epoch + 1, 0
             progress.epoch_order_state = order_gen.get_state()
+        stop = dist.any_rank(guard.requested is not None)
         every = cfg.checkpoint_every
-        if guard.requested is not None or progress.batch == 0 or (every and progress.step % every == 0):
+        if stop or end_of_epoch or (every and progress.step % every == 0):
             save(run, progress, aug_gen)
-        if guard.requested is not None:
+        if stop:
             raise StopRequested
-        if progress.batch == 0:
+        if end_of_epoch:
             return
-
-
-class MetricsLogger:
-    """metrics.jsonl lines, TensorBoard scalars and the progress bar's postfix."""
-
-    def __init__(self, out: Path, every: int, total_steps: int, start_step: int) -> None:
-        path = out / "metrics.jsonl"
-        if path.exists():  # resuming: drop lines logged after the checkpoint being resumed
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
-            path.write_text("".join(line + "\n" for line in kept))
-        self.file = open(path, "a")  # noqa: SIM115 - open for the whole run
-        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
-        self.every = every
-        self.images = 0
-        self.since = time.perf_counter()
-
-    def update(self, step: int, epoch: int, loss: torch.Tensor, lr: float, n: int, last: bool) -> None:
-        """Count a step; every `every` steps and at each epoch's end, log a line."""
-        self.images += n
-        self.bar.update(1)
-        if step % self.every and not last:
-            return
-        now = time.perf_counter()
-        rate = self.images / max(now - self.since, 1e-9)
-        self.images, self.since = 0, now
-        row = {"step": step, "epoch": epoch + 1, "loss": loss.item(), "lr": lr, "images_per_s": rate}
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        for key in ("loss", "lr", "images_per_s"):
-            self.writer.add_scalar(f"train/{key}", row[key], step)
-        self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
-
-    def close(self) -> None:
-        self.bar.close()
-        self.file.close()
-        self.writer.close()
-
-
-def rng_states(aug_gen: torch.Generator) -> dict[str, Any]:
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),  # type: ignore[index]
-        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
-        "augment": aug_gen.get_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
 
 
 def save(run: Run, progress: Progress, aug_gen: torch.Generator) -> None:
-    """Write checkpoint.pt atomically, keeping the previous `keep_checkpoints - 1` as
-    checkpoint-<step>.pt; a failed write stops the run and leaves the last one intact."""
+    """Rank 0 writes the checkpoint, with every rank's augmentation generator state."""
+    aug_states = dist.all_gather_objects(aug_gen.get_state())
+    if not dist.is_main_process():
+        return
     state = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "progress": {"epoch": progress.epoch, "batch": progress.batch, "step": progress.step},
         "epoch_order_state": progress.epoch_order_state,
-        "rng": rng_states(aug_gen),
-        "config": to_dict(run.cfg),
-        "version": __version__,
-        "git": git_revision(),
+        "rng": rng_state(aug_states),
     }
-    try:
-        save_checkpoint(run.out / "checkpoint.pt", state, run.cfg.keep_checkpoints)
-    except OSError as e:
-        raise UserError(f"cannot write checkpoint in {run.out}: {e.strerror or e}; the previous one is kept") from None
+    save_training_checkpoint(run.out, state, run.cfg)
 
 
 def restore(run: Run, state: dict[str, Any], aug_gen: torch.Generator) -> Progress:
@@ -276,36 +241,32 @@ def restore(run: Run, state: dict[str, Any], aug_gen: torch.Generator) -> Progre
         run.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"checkpoint does not fit this model: {str(e).splitlines()[0]}") from None
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
-    random.setstate((3, tuple(int(v) for v in rng["python"]), None))
-    aug_gen.set_state(rng["augment"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    restore_rng(state["rng"], aug_gen, dist.rank(), dist.world_size())
     p = state["progress"]
     return Progress(p["epoch"], p["batch"], p["step"], state["epoch_order_state"])
 
 
 def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path, dict[str, dict[str, float]] | None]:
     """Pretrain (or continue from `resume_state`), export the encoder, evaluate it; returns the
-    run directory and the results (None without labels)."""
+    run directory and the results (None without labels, and on ranks other than 0)."""
     run = setup(cfg)
-    save_config(cfg, run.out / "config.yaml")
-    skipped = getattr(run.data, "skipped", [])
-    (run.out / "skipped_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
+    main = dist.is_main_process()
+    if main:
+        save_config(cfg, run.out / "config.yaml")
+        skipped = getattr(run.data, "skipped", [])
+        (run.out / "skipped_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
     images = run.data.images[torch.as_tensor(run.train_index)]
     if cfg.data.device_resident:
         images = images.to(run.device)  # uint8 stays small; augmentation converts on device
     order_gen = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator(device=run.device).manual_seed(cfg.seed + 1)
+    aug_gen = torch.Generator(device=run.device).manual_seed(cfg.seed + 1 + dist.rank())
     progress = Progress(epoch_order_state=order_gen.get_state())
     if resume_state is not None:
         progress = restore(run, resume_state, aug_gen)
-    log.info("%s %s: %d training images %s, %s on %s, step %d of %d",
+    log.info("%s %s: %d training images %s, %s on %s × %d, global batch %d, step %d of %d",
              "resuming" if resume_state else "run", run.out, len(images), tuple(images.shape[1:]),
-             cfg.model.encoder, run.device, progress.step, run.total_steps)
-    logger = MetricsLogger(run.out, cfg.log_every, run.total_steps, progress.step)
+             cfg.model.encoder, run.device, dist.world_size(), cfg.batch_size, progress.step, run.total_steps)
+    logger = MetricsLogger(run.out, cfg.log_every, run.total_steps, progress.step, enabled=main)
     try:
         with SignalGuard() as guard:
             while progress.epoch < cfg.epochs:
@@ -314,6 +275,9 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         raise UserError(f"stopped at step {progress.step}; continue with: simclr train --resume {run.out}") from None
     finally:
         logger.close()
+    if not main:
+        dist.shutdown()
+        return run.out, None
     save_encoder(run.out / "encoder.safetensors", run.model.encoder)
     results = None
     if run.test_index is not None:
@@ -325,13 +289,5 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
             run.device, cfg.seed, cfg.eval_few_shot, cfg.eval_knn_k,
         )
         (run.out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    dist.shutdown()
     return run.out, results
-
-
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    metrics = list(next(iter(results.values())))
-    lines = [f"{'encoder':<12}" + "".join(f"{m:>12}" for m in metrics)]
-    for name, row in results.items():
-        cells = (f"{row[m]:>12.4f}" if not math.isnan(row[m]) else f"{'-':>12}" for m in metrics)
-        lines.append(f"{name:<12}" + "".join(cells))
-    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""What a run reports while it trains: metrics.jsonl, TensorBoard scalars, the progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+class MetricsLogger:
+    """Rank 0 writes; other ranks get a disabled logger with the same interface."""
+
+    def __init__(self, out: Path, every: int, total_steps: int, start_step: int, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.every = every
+        self.images = 0
+        self.since = time.perf_counter()
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not enabled)
+        if not enabled:
+            return
+        path = out / "metrics.jsonl"
+        if path.exists():  # resuming: drop lines logged after the checkpoint being resumed
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(path, "a")  # noqa: SIM115 - open for the whole run
+        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+
+    def due(self, step: int, last_of_epoch: bool) -> bool:
+        return step % self.every == 0 or last_of_epoch
+
+    def count(self, n_images: int) -> None:
+        self.images += n_images
+        self.bar.update(1)
+
+    def log(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        """One metrics.jsonl line: step, epoch, the values, and images/s since the last line."""
+        now = time.perf_counter()
+        rate = self.images / max(now - self.since, 1e-9)
+        self.images, self.since = 0, now
+        if not self.enabled:
+            return
+        row = {"step": step, "epoch": epoch, **values, "images_per_s": rate}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        for key, value in row.items():
+            if key not in ("step", "epoch"):
+                self.writer.add_scalar(f"train/{key}", value, step)
+        postfix = {"loss": f"{values['loss']:.4f}", "lr": f"{values['lr']:.3g}", "img_s": f"{rate:.0f}"}
+        if "knn" in values:
+            postfix["knn"] = f"{values['knn']:.3f}"
+        self.bar.set_postfix(postfix)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        self.bar.set_description(f"epoch {epoch}/{epochs}")
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.enabled:
+            self.file.close()
+            self.writer.close()
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """Encoders as rows, metrics as columns; missing or NaN cells shown as '-'."""
+    metrics = list(dict.fromkeys(m for row in results.values() for m in row))
+    lines = [f"{'encoder':<12}" + "".join(f"{m:>15}" for m in metrics)]
+    for name, row in results.items():
+        cells = (
+            f"{row[m]:>15.4f}" if m in row and row[m] is not None and not math.isnan(row[m]) else f"{'-':>15}"
+            for m in metrics
+        )
+        lines.append(f"{name:<12}" + "".join(cells))
+    return "\n".join(lines)
