@@ -17,8 +17,9 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
-from simclr.checkpoint import export_encoder, load_checkpoint, save_checkpoint
+from simclr.checkpoint import load_checkpoint, save_checkpoint
 from simclr.errors import UserError
+from simclr.export import export_encoder
 from simclr.model import build_model
 
 # Small, deterministic: one thread, 14 steps per epoch on digits' 898 training images.
@@ -200,3 +201,24 @@ def test_export_loads_strictly_into_torchvision(tmp_path: Path, cifar_stem: bool
 
     st = export_encoder(tmp_path, "safetensors", tmp_path / "enc.safetensors")
     assert load_file(str(st)).keys() == model.encoder.state_dict().keys()
+
+
+def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from simclr.config import Config, to_dict
+
+    cfg = Config()
+    cfg.model.encoder = "resnet18"
+    model = build_model("resnet18", 3, 32)
+    state = {"model": model.state_dict(), "progress": {"step": 1}, "config": to_dict(cfg), "input_shape": [3, 32, 32]}
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    result = subprocess.run([sys.executable, "-m", "simclr", "export", str(tmp_path), "--format", "onnx"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(tmp_path / "encoder.onnx"))
+    x = torch.rand(5, 3, 32, 32)  # another batch size than the export's example
+    model.eval()
+    expected = model.encoder(x).detach().numpy()
+    got = session.run(None, {"x": x.numpy()})[0]
+    assert got.shape == expected.shape
+    assert abs(got - expected).max() < 1e-4

@@ -110,21 +110,3 @@ def save_training_checkpoint(out: Path, state: dict[str, Any], cfg: Config) -> N
         save_checkpoint(out / "checkpoint.pt", state, cfg.keep_checkpoints)
     except OSError as e:
         raise UserError(f"cannot write checkpoint in {out}: {e.strerror or e}; the previous one is kept") from None
-
-
-def export_encoder(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
-    """The encoder of a run's last checkpoint as a plain state dict: `torchvision` (a .pt that
-    `torch.load(weights_only=True)` reads and a torchvision ResNet with `fc = nn.Identity()`
-    loads with strict=True) or `safetensors`."""
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    prefix = "encoder."
-    encoder = {k[len(prefix) :]: v.contiguous() for k, v in state["model"].items() if k.startswith(prefix)}
-    if fmt == "torchvision":
-        out = out or run_dir / "encoder.pt"
-        atomic_write(out, lambda p: torch.save(encoder, p))
-    elif fmt == "safetensors":
-        out = out or run_dir / "encoder.safetensors"
-        atomic_write(out, lambda p: save_file(encoder, str(p)))
-    else:
-        raise UserError(f"unknown export format {fmt!r}")
-    return out

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write the trained encoder's weights for use elsewhere")
     export.add_argument("run_dir", metavar="RUN_DIR")
-    export.add_argument("--format", choices=("torchvision", "safetensors"), default="torchvision")
+    export.add_argument("--format", choices=("torchvision", "safetensors", "onnx"), default="torchvision")
     export.add_argument("--out", help="output file (default RUN_DIR/encoder.<format ext>)")
     return parser
 
@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from simclr.checkpoint import export_encoder
+    from simclr.export import export_encoder
 
     path = export_encoder(Path(args.run_dir), args.format, Path(args.out) if args.out else None)
     log.info("wrote %s", path)

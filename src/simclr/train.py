@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -77,6 +78,16 @@ def make_run_dir(cfg: Config) -> Path:
     return out
 
 
+def check_free_space(out: Path, model: nn.Module, keep: int) -> None:
+    """Refuse to start when the disk cannot hold the checkpoints (weights + optimizer state,
+    the kept ones plus the one being written), rather than fail hours later."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    needed = 3 * weights * (keep + 1)  # model, momentum buffers, slack for pickling
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise UserError(f"{out} has {free / 2**20:.0f} MiB free; checkpoints need about {needed / 2**20:.0f} MiB")
+
+
 @dataclass
 class Run:
     """Everything the loop needs, built once by `setup`."""
@@ -138,6 +149,7 @@ def setup(cfg: Config) -> Run:
         if cfg.sync_batchnorm:  # the paper's global BN: statistics over the whole global batch
             model = to_global_batchnorm(model, cuda=device.type == "cuda")  # type: ignore[assignment]
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    check_free_space(out, model, cfg.keep_checkpoints)
     peak_lr = scaled_lr(cfg.optim.lr, cfg.batch_size, cfg.optim.lr_scaling)  # scaled by the global batch
     optimizer = build_optimizer(model, cfg.optim.name, peak_lr, cfg.optim.weight_decay, cfg.optim.momentum)
     steps_per_epoch = len(train_index) // cfg.batch_size  # drop the last partial batch
@@ -231,6 +243,7 @@ def save(run: Run, progress: Progress, aug_gen: torch.Generator) -> None:
         "progress": {"epoch": progress.epoch, "batch": progress.batch, "step": progress.step},
         "epoch_order_state": progress.epoch_order_state,
         "rng": rng_state(aug_states),
+        "input_shape": list(run.data.images.shape[1:]),  # (C, H, W) the encoder expects
     }
     save_training_checkpoint(run.out, state, run.cfg)
 
