@@ -222,3 +222,17 @@ def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
     got = session.run(None, {"x": x.numpy()})[0]
     assert got.shape == expected.shape
     assert abs(got - expected).max() < 1e-4
+
+
+def test_full_disk_is_refused_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil as shutil_module
+
+    from simclr import cli
+
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr("simclr.train.shutil.disk_usage", lambda p: usage._replace(free=1024))
+    assert cli.main(["train", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "MiB free" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
