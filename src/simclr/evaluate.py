@@ -1,8 +1,19 @@
-"""Frozen-encoder evaluation: linear probe, weighted kNN and few-label probes, with baselines."""
+"""Evaluation of a frozen encoder, as in the SimCLR paper (Chen et al. 2020, arXiv:2002.05709,
+section 4 and appendix B): linear probe, weighted kNN, few-label probes and fine-tuning, with
+the random-init encoder, raw pixels and a from-scratch supervised network as baselines.
+
+Features are extracted once per encoder in eval mode under `no_grad`; the encoder's
+parameters, buffers (BatchNorm statistics) and train/eval mode are left exactly as they were.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,28 +23,41 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
+from tqdm import tqdm
 
 from simclr.data import ImageData
+from simclr.errors import UserError
+from simclr.finetune import FinetuneSettings, finetune_accuracy
+
+log = logging.getLogger("simclr")
+
+ENCODERS = ("simclr", "random_init", "raw_pixels", "supervised")
 
 
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module, images: torch.Tensor, batch_size: int = 512,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", progress: str | None = None,
 ) -> torch.Tensor:
     """h = f(x) for uint8 images (N, C, H, W), encoder in eval mode; its training mode is
-    restored afterwards and no parameter or buffer is touched."""
+    restored afterwards and no parameter or buffer is touched. `progress` names a tqdm bar."""
     was_training = encoder.training
     encoder.eval()
     feats = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device).float() / 255
-        feats.append(encoder(x).float().cpu())
-    encoder.train(was_training)
+    starts = range(0, len(images), batch_size)
+    try:
+        for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True):
+            x = images[start : start + batch_size].to(device).float() / 255
+            feats.append(encoder(x).float().cpu())
+    finally:
+        encoder.train(was_training)
+    if not feats:
+        return torch.zeros(0, 0)
     return torch.cat(feats)
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test indices with the class proportions of `labels` in both parts."""
     idx = np.arange(len(labels))
     train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
     return np.sort(train), np.sort(test)
@@ -47,6 +71,32 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
         for c in np.unique(labels)
     ]
     return np.sort(np.concatenate(picked))
+
+
+def fraction_name(fraction: float) -> str:
+    """0.01 -> '1pct', 0.1 -> '10pct' (the suffix of the `linear_*` and `finetune_*` metrics)."""
+    return f"{fraction * 100:g}pct"
+
+
+def fraction_subset(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, str | None]:
+    """A class-balanced, seeded `fraction` of the labels: round(fraction × N / classes) indices of
+    every class, at least one. Returns the indices and a note when the fraction had to be
+    raised to one label per class or a class had too few examples for an equal share."""
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = fraction * len(labels) / len(classes)  # labels per class the fraction allows
+    per_class = max(1, math.floor(exact + 0.5))
+    notes = []
+    if exact < 1:
+        notes.append(
+            f"{fraction_name(fraction)}: {fraction:g} of {len(labels)} labels is fewer than one per class; "
+            f"used one per class ({len(classes)} labels)"
+        )
+    if counts.min() < per_class:
+        notes.append(
+            f"{fraction_name(fraction)}: class {classes[counts.argmin()]} has only {counts.min()} examples "
+            f"(wanted {per_class} per class); all of them were used"
+        )
+    return balanced_subset(labels, per_class, seed), "; ".join(notes) or None
 
 
 def linear_probe(
@@ -127,3 +177,108 @@ def evaluate_run(
         tr, te = torch.as_tensor(train_index), torch.as_tensor(test_index)
         results[name] = evaluate_features(feats[tr], labels[tr], feats[te], labels[te], seed, few_shot, knn_k)
     return results
+
+
+def knn_monitor(
+    encoder: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
+    test_images: torch.Tensor, test_labels: torch.Tensor, device: torch.device | str = "cpu",
+    k: int = 200, temperature: float = 0.1, batch_size: int = 512,
+) -> float:
+    """Weighted kNN accuracy of h = f(x) (the cheap monitor of the SimCLR/InstDisc literature),
+    for calling during training: eval mode and `no_grad` for the extraction, then the
+    encoder's mode is restored; no parameter or buffer changes."""
+    train_x = extract_features(encoder, train_images, batch_size, device)
+    test_x = extract_features(encoder, test_images, batch_size, device)
+    return knn_accuracy(train_x, train_labels.cpu(), test_x, test_labels.cpu(), k=k, temperature=temperature)
+
+
+def _seeded(make: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """`make()` under a fixed seed, without disturbing the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def evaluate_suite(
+    encoder: nn.Module, make_random_encoder: Callable[[], nn.Module], train_data: ImageData,
+    test_data: ImageData, device: torch.device | str = "cpu", seed: int = 0, few_shot: int = 5,
+    knn_k: int = 200, fractions: Sequence[float] = (0.01, 0.1), finetune: bool = True,
+    finetune_settings: FinetuneSettings | None = None, batch_size: int = 512,
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """The full evaluation of one trained encoder; returns results and notes.
+
+    results[encoder][metric] is a test accuracy in [0, 1], for the encoders `simclr` (the
+    trained, frozen encoder), `random_init` (same architecture, seeded random weights),
+    `raw_pixels` and `supervised` (the same architecture trained from scratch on the labelled
+    fractions). Metrics, all on features extracted once from `train_data` and `test_data`:
+    `linear` (logistic regression on all training labels), `knn` (weighted, cosine, k ≤ knn_k,
+    temperature 0.1), `few_shot_<n>` (linear probe on n labels per class), `linear_<p>pct` and
+    `finetune_<p>pct` for each fraction p (class-balanced and seeded; fine-tuning trains a copy
+    of the whole encoder plus a linear head, SimCLR paper section 6). A metric that does not
+    apply is NaN: fine-tuning for `random_init` (that network is `supervised`) and
+    `raw_pixels`, and every frozen-feature metric for `supervised`. `notes` say where the
+    protocol had to bend (k lowered, a fraction raised to one label per class).
+    """
+    if train_data.labels is None or test_data.labels is None:
+        raise UserError("evaluation needs labels for both the training and the test images")
+    ytr, yte = train_data.labels.long().cpu(), test_data.labels.long().cpu()
+    notes: list[str] = []
+    k = min(knn_k, len(ytr))
+    if k < knn_k:
+        notes.append(f"knn: k lowered from {knn_k} to {k}, the number of training examples")
+    subsets: dict[str, np.ndarray] = {f"few_shot_{few_shot}": balanced_subset(ytr.numpy(), few_shot, seed)}
+    for fraction in fractions:
+        subsets[f"linear_{fraction_name(fraction)}"], note = fraction_subset(ytr.numpy(), fraction, seed)
+        if note:
+            notes.append(note)
+    tune = finetune_settings or FinetuneSettings()
+    finetune_names = [f"finetune_{fraction_name(f)}" for f in fractions]
+    nan_row = dict.fromkeys(["linear", "knn", *subsets, *finetune_names], math.nan)  # metric order
+
+    random_encoder = _seeded(make_random_encoder, seed).to(device)
+
+    def features(f: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        return (extract_features(f, train_data.images, batch_size, device),
+                extract_features(f, test_data.images, batch_size, device))
+
+    results: dict[str, dict[str, float]] = {}
+    for name, (xtr, xte) in (
+        ("simclr", features(encoder)),
+        ("random_init", features(random_encoder)),
+        ("raw_pixels", (raw_pixels(train_data.images), raw_pixels(test_data.images))),
+    ):
+        log.info("evaluating %s: linear probe, kNN, label fractions", name)
+        row = dict(nan_row)
+        row["linear"] = linear_probe(xtr.numpy(), ytr.numpy(), xte.numpy(), yte.numpy(), seed)
+        row["knn"] = knn_accuracy(xtr, ytr, xte, yte, k=k)
+        for metric, idx in subsets.items():
+            row[metric] = linear_probe(xtr[idx].numpy(), ytr[idx].numpy(), xte.numpy(), yte.numpy(), seed)
+        results[name] = row
+    results["supervised"] = dict(nan_row)
+    for fraction in fractions if finetune else ():
+        labelled = torch.as_tensor(subsets[f"linear_{fraction_name(fraction)}"])
+        metric = f"finetune_{fraction_name(fraction)}"
+        for name, init in (("simclr", encoder), ("supervised", random_encoder)):
+            log.info("fine-tuning %s on %d labels (%s)", name, len(labelled), metric)
+            results[name][metric] = finetune_accuracy(
+                init, train_data.images[labelled], ytr[labelled], test_data.images, yte, device, seed, tune,
+            )
+    return results, notes
+
+
+def save_eval(path: Path, results: dict[str, dict[str, float]], notes: Sequence[str] = ()) -> None:
+    """eval.json: one object per encoder (metric → accuracy, NaN written as null) and a
+    `notes` list."""
+    clean = {name: {m: None if math.isnan(v) else v for m, v in row.items()} for name, row in results.items()}
+    path.write_text(json.dumps({**clean, "notes": list(notes)}, indent=2) + "\n")
+
+
+def load_eval(path: Path) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Read eval.json back: results (null as NaN) and notes (empty if the file has none)."""
+    raw: dict[str, Any] = json.loads(path.read_text())
+    notes = [str(n) for n in raw.pop("notes", [])]
+    results = {
+        name: {m: math.nan if v is None else float(v) for m, v in row.items()}
+        for name, row in raw.items() if isinstance(row, dict)
+    }
+    return results, notes
