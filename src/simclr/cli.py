@@ -27,13 +27,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="pretrain an encoder (default data: scikit-learn digits)")
     train.add_argument("--config", help="a YAML recipe; flags and key=value overrides apply on top")
-    train.add_argument("--data", help="a built-in name (digits) or a path (.npy/.npz)")
+    train.add_argument("--data", help="a built-in name (digits, mnist, cifar10, ...) or a path: folder, zip/tar, npz")
+    train.add_argument("--eval-data", help="a separate labelled evaluation set (default: a held-out split of --data)")
+    train.add_argument("--strict", action="store_true", help="stop at the first unreadable image, don't skip it")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--out", help="run directory (default runs/<data>-<time>); resumed if it holds a checkpoint")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. temperature=0.2 model.encoder=resnet18")
+
+    evaluate = sub.add_parser("eval", help="evaluate a run's final encoder against baselines")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--data", help="labelled data (default: the run's own data and held-out split)")
+    evaluate.add_argument("--eval-data", help="a separate labelled test set; --data (or the run's) trains the probes")
+    evaluate.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning rows (faster)")
+
+    embed = sub.add_parser("embed", help="write the representation h of every input to an .npz")
+    embed.add_argument("run_dir", metavar="RUN_DIR")
+    embed.add_argument("--data", required=True)
+    embed.add_argument("--out", required=True, help="output .npz (embeddings, ids, labels)")
+
+    report = sub.add_parser("report", help="rebuild RUN_DIR/report.html")
+    report.add_argument("run_dir", metavar="RUN_DIR")
 
     export = sub.add_parser("export", help="write the trained encoder's weights for use elsewhere")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -48,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from simclr.metrics import format_table
     from simclr.train import train
 
-    flags = {"data.source": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
+    flags = {"data.source": args.data, "data.eval_source": args.eval_data, "data.strict": args.strict or None,
+             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     run_dir = args.resume or args.out
     state: dict[str, Any] | None = None
@@ -74,11 +91,58 @@ def cmd_train(args: argparse.Namespace) -> None:
         log.info("held-out evaluation (%s):\n%s", out / "eval.json", format_table(results))
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from simclr.experiment import evaluate_encoder, load_datasets, load_trained_encoder
+    from simclr.metrics import format_table
+    from simclr.train import resolve_device
+
+    run_dir = Path(args.run_dir)
+    cfg, encoder, shape = load_trained_encoder(run_dir)
+    if args.no_finetune:
+        cfg.eval_finetune = False
+    train_data, test_data = load_datasets(cfg, args.data, args.eval_data, shape)
+    if test_data is None or train_data.labels is None:
+        raise UserError("evaluation needs labelled data: give --data (and --eval-data) with labels")
+    device = resolve_device(cfg.device)
+    results = evaluate_encoder(cfg, encoder.to(device), train_data, test_data, device, run_dir)
+    log.info("evaluation (%s):\n%s", run_dir / "eval.json", format_table(results))
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from simclr.embed import embed_to_file
+    from simclr.experiment import load_source, load_trained_encoder
+    from simclr.train import resolve_device
+
+    cfg, encoder, shape = load_trained_encoder(Path(args.run_dir))
+    data = load_source(cfg, args.data, shape[0], shape[1])
+    device = resolve_device(cfg.device)
+    ids = getattr(data, "ids", None)  # file paths where the source has them, else row indices
+    path = embed_to_file(encoder.to(device), data.images, ids, data.labels, Path(args.out), device=device)
+    log.info("wrote %d embeddings to %s", len(data), path)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from simclr.experiment import load_datasets, load_trained_encoder
+    from simclr.report import build_report
+    from simclr.train import build_augment, resolve_device
+
+    run_dir = Path(args.run_dir)
+    cfg, encoder, shape = load_trained_encoder(run_dir)
+    train_data, test_data = load_datasets(cfg, input_shape=shape)
+    device = resolve_device(cfg.device)
+    shown = test_data if test_data is not None else train_data
+    path = build_report(run_dir, encoder.to(device), shown, build_augment(cfg.augment, shape[1]), device, cfg.seed)
+    log.info("wrote %s", path)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from simclr.export import export_encoder
 
     path = export_encoder(Path(args.run_dir), args.format, Path(args.out) if args.out else None)
     log.info("wrote %s", path)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "embed": cmd_embed, "report": cmd_report, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         args = build_parser().parse_args(argv)
-        {"train": cmd_train, "export": cmd_export}[args.command](args)
+        COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -85,6 +85,9 @@ class Config:
     keep_checkpoints: int = 2  # checkpoint.pt plus this many minus one older ones
     eval_knn_k: int = 200
     eval_few_shot: int = 5
+    eval_every: int = 10  # epochs between kNN monitor values (needs labels; 0: off)
+    eval_finetune: bool = True  # fine-tune on 1% / 10% of the labels in the final evaluation
+    report: bool = True  # write report.html at the end of training
     threads: int | None = None  # torch CPU threads; None: torch's default
     sync_batchnorm: bool = True  # with several processes: BN statistics over the global batch
     dist_timeout_s: float = 1800.0  # collectives fail after this instead of hanging

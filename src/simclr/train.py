@@ -6,7 +6,6 @@ sees the negatives of all ranks, BatchNorm is synchronized, and rank 0 writes ev
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -23,14 +21,16 @@ from simclr import dist
 from simclr.augment import ImageAugment, two_views
 from simclr.checkpoint import restore_rng, rng_state, save_encoder, save_training_checkpoint
 from simclr.config import AugmentConfig, Config, save_config
-from simclr.data import ImageData, load_images
+from simclr.data import ImageData
 from simclr.errors import UserError
-from simclr.evaluate import evaluate_run, stratified_split
+from simclr.evaluate import knn_monitor
+from simclr.experiment import evaluate_encoder, load_datasets
 from simclr.global_bn import to_global_batchnorm
 from simclr.loss import nt_xent
 from simclr.metrics import MetricsLogger
-from simclr.model import CIFAR_STEM_MAX_SIZE, SimCLR, build_encoder, build_model
+from simclr.model import CIFAR_STEM_MAX_SIZE, SimCLR, build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr
+from simclr.report import build_report
 from simclr.signals import SignalGuard
 
 log = logging.getLogger("simclr")
@@ -95,9 +95,8 @@ class Run:
     cfg: Config
     out: Path
     device: torch.device
-    data: ImageData  # the full dataset (labels, if any, only for evaluation)
-    train_index: np.ndarray  # rows used for pretraining
-    test_index: np.ndarray | None  # held-out rows for evaluation (None: no labels)
+    train_data: ImageData  # pretraining images (their labels, if any, only for evaluation)
+    test_data: ImageData | None  # labelled held-out images for evaluation, if there are labels
     model: SimCLR  # the bare network: what checkpoints hold
     net: nn.Module  # what the loop calls: `model`, or its DistributedDataParallel wrapper
     augment: ImageAugment
@@ -109,16 +108,6 @@ class Run:
     local_batch: int  # this rank's share of the global batch
 
 
-def load_data_once(cfg: Config) -> ImageData:
-    """Rank 0 loads first (building any decode cache), then the others read what it built."""
-    if not dist.is_main_process():
-        dist.barrier()
-    data = load_images(cfg.data.source, cfg.data.channels, cfg.data.image_size)
-    if dist.is_main_process():
-        dist.barrier()
-    return data
-
-
 def setup(cfg: Config) -> Run:
     dist.init_from_env(cfg.dist_timeout_s)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -128,19 +117,15 @@ def setup(cfg: Config) -> Run:
     world = dist.world_size()
     if cfg.batch_size % world:
         raise UserError(f"batch_size {cfg.batch_size} (the global batch) must divide by the {world} ranks")
-    data = load_data_once(cfg)  # before the run directory: a bad --data leaves nothing behind
+    train_data, test_data = load_datasets(cfg)  # before the run directory: bad --data leaves nothing
     out = make_run_dir(cfg)
-    if data.labels is not None:
-        train_index, test_index = stratified_split(data.labels.numpy(), cfg.data.test_fraction, cfg.seed)
-    else:
-        train_index, test_index = np.arange(len(data)), None
-    if len(train_index) < cfg.batch_size:
+    if len(train_data) < cfg.batch_size:
         raise UserError(
-            f"{len(train_index)} training images is fewer than one batch ({cfg.batch_size}); "
+            f"{len(train_data)} training images is fewer than one batch ({cfg.batch_size}); "
             "lower batch_size or add data"
         )
     model = build_model(
-        cfg.model.encoder, data.channels, data.image_size, cfg.model.cifar_stem,
+        cfg.model.encoder, train_data.channels, train_data.image_size, cfg.model.cifar_stem,
         cfg.model.proj_dim, cfg.model.head_version,
     )
     model = model.to(device)
@@ -152,10 +137,10 @@ def setup(cfg: Config) -> Run:
     check_free_space(out, model, cfg.keep_checkpoints)
     peak_lr = scaled_lr(cfg.optim.lr, cfg.batch_size, cfg.optim.lr_scaling)  # scaled by the global batch
     optimizer = build_optimizer(model, cfg.optim.name, peak_lr, cfg.optim.weight_decay, cfg.optim.momentum)
-    steps_per_epoch = len(train_index) // cfg.batch_size  # drop the last partial batch
+    steps_per_epoch = len(train_data) // cfg.batch_size  # drop the last partial batch
     return Run(
-        cfg, out, device, data, train_index, test_index, model, net,
-        build_augment(cfg.augment, data.image_size), optimizer, peak_lr,
+        cfg, out, device, train_data, test_data, model, net,
+        build_augment(cfg.augment, train_data.image_size), optimizer, peak_lr,
         total_steps=steps_per_epoch * cfg.epochs,
         warmup_steps=round(steps_per_epoch * cfg.optim.warmup_epochs),
         steps_per_epoch=steps_per_epoch,
@@ -218,7 +203,10 @@ def train_one_epoch(
         end_of_epoch = progress.batch == run.steps_per_epoch
         logger.count(cfg.batch_size)
         if logger.due(progress.step, end_of_epoch):
-            logger.log(progress.step, progress.epoch + 1, {"loss": dist.mean(loss).item(), "lr": lr})
+            values = {"loss": dist.mean(loss).item(), "lr": lr}
+            if end_of_epoch and monitor_due(run, progress.epoch + 1):
+                values["knn"] = monitor_knn(run, images)
+            logger.log(progress.step, progress.epoch + 1, values)
         if end_of_epoch:  # the next epoch starts from the generator's state now
             progress.epoch, progress.batch = progress.epoch + 1, 0
             progress.epoch_order_state = order_gen.get_state()
@@ -232,6 +220,20 @@ def train_one_epoch(
             return
 
 
+def monitor_due(run: Run, epoch: int) -> bool:
+    """kNN accuracy on the held-out set every `eval_every` epochs and at the end (rank 0)."""
+    every = run.cfg.eval_every
+    labelled = run.test_data is not None and run.train_data.labels is not None
+    return labelled and dist.is_main_process() and every > 0 and (epoch % every == 0 or epoch == run.cfg.epochs)
+
+
+def monitor_knn(run: Run, images: torch.Tensor) -> float:
+    train, test = run.train_data, run.test_data
+    assert test is not None and train.labels is not None and test.labels is not None
+    encoder, k = run.model.encoder, run.cfg.eval_knn_k
+    return knn_monitor(encoder, images, train.labels, test.images, test.labels, run.device, k)
+
+
 def save(run: Run, progress: Progress, aug_gen: torch.Generator) -> None:
     """Rank 0 writes the checkpoint, with every rank's augmentation generator state."""
     aug_states = dist.all_gather_objects(aug_gen.get_state())
@@ -243,7 +245,7 @@ def save(run: Run, progress: Progress, aug_gen: torch.Generator) -> None:
         "progress": {"epoch": progress.epoch, "batch": progress.batch, "step": progress.step},
         "epoch_order_state": progress.epoch_order_state,
         "rng": rng_state(aug_states),
-        "input_shape": list(run.data.images.shape[1:]),  # (C, H, W) the encoder expects
+        "input_shape": list(run.train_data.images.shape[1:]),  # (C, H, W) the encoder expects
     }
     save_training_checkpoint(run.out, state, run.cfg)
 
@@ -266,9 +268,11 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     main = dist.is_main_process()
     if main:
         save_config(cfg, run.out / "config.yaml")
-        skipped = getattr(run.data, "skipped", [])
+        skipped = run.train_data.skipped + (run.test_data.skipped if run.test_data else [])
         (run.out / "skipped_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
-    images = run.data.images[torch.as_tensor(run.train_index)]
+        if skipped:
+            log.warning("skipped %d unreadable file(s), listed in %s", len(skipped), run.out / "skipped_files.txt")
+    images = run.train_data.images
     if cfg.data.device_resident:
         images = images.to(run.device)  # uint8 stays small; augmentation converts on device
     order_gen = torch.Generator().manual_seed(cfg.seed)
@@ -293,14 +297,11 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         return run.out, None
     save_encoder(run.out / "encoder.safetensors", run.model.encoder)
     results = None
-    if run.test_index is not None:
-        def random_encoder() -> torch.nn.Module:
-            return build_encoder(cfg.model.encoder, run.data.channels, run.data.image_size, cfg.model.cifar_stem)
-
-        results = evaluate_run(
-            run.model.encoder, random_encoder, run.data, run.train_index, run.test_index,
-            run.device, cfg.seed, cfg.eval_few_shot, cfg.eval_knn_k,
-        )
-        (run.out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    if run.test_data is not None and run.train_data.labels is not None:
+        results = evaluate_encoder(cfg, run.model.encoder, run.train_data, run.test_data, run.device, run.out)
+    if cfg.report:
+        shown = run.test_data if run.test_data is not None else run.train_data
+        build_report(run.out, run.model.encoder, shown, run.augment, run.device, cfg.seed)
+        log.info("report: %s", run.out / "report.html")
     dist.shutdown()
     return run.out, results
