@@ -1,0 +1,187 @@
+"""The decode-once cache: decoded uint8 images in a memory-mapped file per source and settings.
+
+A slot (a folder under the cache directory) is named by the source's identity (kind, resolved
+path, split) and the preprocessing settings (channels, size, cache format version). Inside,
+`meta.json` records a fingerprint of the source's files (sizes, modification times, modes);
+a load whose fingerprint differs rebuilds the slot in place. Files are written under
+temporary names and renamed, `meta.json` last, so an interrupted build is never read.
+The cache directory can be deleted at any time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("simclr")
+
+CACHE_VERSION = 1  # bump when decoding changes what a cached image holds
+COPY_ROWS = 4096  # rows copied per step when reducing channels
+
+
+def default_cache_dir() -> Path:
+    """$SIMCLR_CACHE, else ~/.cache/simclr."""
+    env = os.environ.get("SIMCLR_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "simclr"
+
+
+def digest(value: Any) -> str:
+    """A stable hash of a JSON-able value."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Built:
+    """What a source's builder produced into an array from `Slot.allocate`."""
+
+    images: np.ndarray  # as allocated; rows [:count] are used
+    count: int
+    labels: np.ndarray | None
+    classes: list[str] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    keep_channels: int | None = None  # keep only the first channels (an all-grey set: 1)
+    note: str = ""  # how the size was chosen, etc.; logged again on cache hits
+
+
+@dataclass
+class Cached:
+    """A finished dataset: images (N, C, S, S) uint8, memory-mapped when cached."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    classes: list[str] | None
+    skipped: list[tuple[str, str]]
+    note: str
+    path: Path | None  # the slot folder, or None when nothing was stored
+
+
+class Slot:
+    """One source + settings in the cache; `folder` None means caching is off (RAM only)."""
+
+    def __init__(self, folder: Path | None, fingerprint: str) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+        self._tmp: list[Path] = []
+
+    @classmethod
+    def for_source(cls, cache_dir: Path | None, name: str, identity: dict[str, Any],
+                   fingerprint: Any) -> Slot:
+        key = digest({"version": CACHE_VERSION, **identity})
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40] or "data"
+        folder = cache_dir / f"{slug}-{key[:16]}" if cache_dir is not None else None
+        return cls(folder, digest(fingerprint))
+
+    def read(self) -> Cached | None:
+        """The cached dataset if it is complete and its fingerprint matches, else None."""
+        if self.folder is None:
+            return None
+        try:
+            meta = json.loads((self.folder / "meta.json").read_text())
+            if meta.get("version") != CACHE_VERSION or meta.get("fingerprint") != self.fingerprint:
+                return None
+            shape = tuple(int(s) for s in meta["shape"])
+            path = self.folder / "images.u8"
+            if path.stat().st_size != int(np.prod(shape)):
+                return None
+            # Copy-on-write: the array is writable for torch, the file is never modified.
+            images = np.memmap(path, dtype=np.uint8, mode="c", shape=shape)
+            labels = np.load(self.folder / "labels.npy") if meta["labelled"] else None
+        except (OSError, ValueError, KeyError, TypeError) as e:  # missing or damaged: rebuild
+            log.debug("cache slot %s unusable (%s); rebuilding", self.folder, e)
+            return None
+        skipped = [(str(p), str(r)) for p, r in meta.get("skipped", [])]
+        return Cached(images, labels, meta.get("classes"), skipped, meta.get("note", ""), self.folder)
+
+    def allocate(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A writable uint8 array of `shape`: a memory-mapped temporary file in the slot, or
+        memory when caching is off or the cache folder cannot take it."""
+        if self.folder is not None and int(np.prod(shape)) > 0:
+            tmp = self.folder / f"images.u8.tmp-{os.getpid()}-{len(self._tmp)}"
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._tmp.append(tmp)
+                with open(tmp, "wb") as f:
+                    # Reserve the space now: writing a memory map onto a full disk kills
+                    # the process (SIGBUS) instead of raising.
+                    if hasattr(os, "posix_fallocate"):
+                        os.posix_fallocate(f.fileno(), 0, int(np.prod(shape)))
+                return np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
+            except OSError as e:
+                log.warning("cannot write the image cache in %s (%s); decoding into memory "
+                            "only, so the next run decodes again", self.folder, e.strerror or e)
+                self.folder = None
+        return np.empty(shape, dtype=np.uint8)
+
+    def write(self, built: Built) -> Cached:
+        """Store `built` (rows [:count], channels [:keep_channels]) and return it, memory-mapped
+        from the slot when caching is on."""
+        rows = built.images[: built.count]
+        if built.keep_channels is not None:
+            rows = rows[:, : built.keep_channels]
+        labels = built.labels[: built.count] if built.labels is not None else None
+        if self.folder is None or not isinstance(built.images, np.memmap):
+            return Cached(np.ascontiguousarray(rows), labels, built.classes, built.skipped,
+                          built.note, None)
+        try:
+            final = self._finish_images(built.images, rows)
+            (self.folder / "meta.json").unlink(missing_ok=True)
+            os.replace(final, self.folder / "images.u8")
+            if labels is not None:
+                np.save(self.folder / "labels.npy", labels.astype(np.int64))
+            meta = {
+                "version": CACHE_VERSION, "fingerprint": self.fingerprint, "shape": list(rows.shape),
+                "labelled": labels is not None, "classes": built.classes,
+                "skipped": built.skipped, "note": built.note,
+            }
+            with self._temporary(self.folder / "meta.json") as tmp:
+                tmp.write_text(json.dumps(meta))
+        except OSError as e:
+            log.warning("cannot write the image cache in %s (%s); the next run decodes again",
+                        self.folder, e.strerror or e)
+            return Cached(np.array(rows), labels, built.classes, built.skipped, built.note, None)
+        cached = self.read()
+        if cached is None:
+            raise OSError(f"the image cache in {self.folder} changed while it was written")
+        return cached
+
+    def cleanup(self) -> None:
+        """Remove temporary files left by an unfinished build."""
+        for tmp in self._tmp:
+            tmp.unlink(missing_ok=True)
+        self._tmp.clear()
+
+    def _finish_images(self, allocated: np.memmap, rows: np.ndarray) -> Path:
+        """The file holding exactly `rows`: the allocated file cut to length, or a copy when
+        channels are dropped."""
+        allocated.flush()
+        source = Path(str(allocated.filename))
+        if rows.shape[1:] == allocated.shape[1:]:
+            del allocated
+            os.truncate(source, rows.nbytes)
+            return source
+        target = self.folder / f"images.u8.tmp-{os.getpid()}-{len(self._tmp)}" if self.folder else source
+        self._tmp.append(target)
+        out = np.memmap(target, dtype=np.uint8, mode="w+", shape=rows.shape)
+        for start in range(0, len(rows), COPY_ROWS):
+            out[start : start + COPY_ROWS] = rows[start : start + COPY_ROWS]
+        out.flush()
+        del out
+        return target
+
+    @contextmanager
+    def _temporary(self, path: Path) -> Iterator[Path]:
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        self._tmp.append(tmp)
+        yield tmp
+        os.replace(tmp, path)

@@ -1,0 +1,133 @@
+"""Decoding a list of image files into one uint8 array, skipping (or, strictly, refusing)
+broken files, with a progress bar."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from simclr.data.images import BrokenImage, decode_image, probe_size
+from simclr.data.listing import READ_ERRORS, Entry, read_error
+from simclr.errors import UserError
+
+log = logging.getLogger("simclr")
+
+# Without a configured size, a folder of mixed sizes is brought to the median shorter side
+# of a sample of its images, kept within these bounds (224 is the paper's ImageNet size).
+SIZE_SAMPLE = 256
+MIN_AUTO_SIZE = 8
+MAX_AUTO_SIZE = 224
+
+CHUNK = 256  # files read, then decoded in parallel, per step
+Allocate = Callable[[tuple[int, ...]], np.ndarray]
+
+
+@dataclass
+class Decoded:
+    """The outcome of decoding a list of files."""
+
+    images: np.ndarray  # as allocated: (len(entries), C, S, S); rows [:count] are used
+    count: int
+    kept: list[int]  # for each used row, its position in the entries
+    skipped: list[tuple[str, str]]  # (display path, reason)
+    all_grey: bool  # every used image had equal channels
+
+
+def default_workers() -> int:
+    """Threads for decoding: Pillow releases the GIL while decoding, so threads scale for
+    large images; small ones are dominated by Python overhead either way."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def auto_size(entries: Sequence[Entry]) -> tuple[int, str]:
+    """The image size to use when none is configured, and a sentence saying how it was chosen:
+    the median shorter side of up to SIZE_SAMPLE evenly spaced images, clamped to
+    [MIN_AUTO_SIZE, MAX_AUTO_SIZE]."""
+    readable = [e for e in entries if e.read is not None]
+    step = max(1, len(readable) // SIZE_SAMPLE)
+    sides = []
+    for entry in readable[::step][:SIZE_SAMPLE]:
+        try:
+            dims = probe_size(entry.read()) if entry.read else None
+        except READ_ERRORS:
+            dims = None
+        if dims is not None:
+            sides.append(min(dims))
+    if not sides:
+        return MAX_AUTO_SIZE, "no readable image header; using the largest automatic size"
+    median = int(np.median(sides))
+    size = min(max(median, MIN_AUTO_SIZE), MAX_AUTO_SIZE)
+    if min(sides) == max(sides) == size:
+        return size, f"all sampled images are {size} px"
+    return size, (f"median shorter side of {len(sides)} sampled images is {median} px; using "
+                  f"{size} px (set data.image_size to choose)")
+
+
+def decode_entries(
+    entries: Sequence[Entry], size: int, channels: int | None, allocate: Allocate,
+    strict: bool = False, workers: int | None = None, desc: str = "decoding",
+) -> Decoded:
+    """Decode every entry to (C, size, size), C = channels or 3 when None, into an array
+    from `allocate`. Broken files are skipped with their reason; with `strict`, the first
+    one raises UserError."""
+    c = channels or 3
+    out = allocate((len(entries), c, size, size))
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    all_grey = True
+    workers = workers or default_workers()
+
+    def skip(entry: Entry, reason: str) -> None:
+        if strict:
+            raise UserError(f"{entry.display}: {reason} (data.strict is on: fix or remove the file)")
+        skipped.append((entry.display, reason))
+
+    def work(data: bytes) -> tuple[np.ndarray, bool] | str:
+        try:
+            return decode_image(data, size, channels)
+        except BrokenImage as e:
+            return e.reason
+
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    bar = tqdm(total=len(entries), unit="img", desc=desc, dynamic_ncols=True)
+    try:
+        # Past Pillow's pixel limit (but under twice it) Pillow only warns; make that an
+        # error for every decoding thread (the filter list is process-wide).
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            for start in range(0, len(entries), CHUNK):
+                chunk = range(start, min(start + CHUNK, len(entries)))
+                ready: list[tuple[int, bytes]] = []
+                for i in chunk:
+                    entry = entries[i]
+                    if entry.read is None:
+                        skip(entry, entry.error or "unreadable")
+                        continue
+                    try:
+                        ready.append((i, entry.read()))
+                    except READ_ERRORS as e:
+                        skip(entry, read_error(e, entry.display))
+                datas = [d for _, d in ready]
+                results = list(pool.map(work, datas)) if pool else [work(d) for d in datas]
+                for (i, _), result in zip(ready, results, strict=True):
+                    if isinstance(result, str):
+                        skip(entries[i], result)
+                        continue
+                    array, grey = result
+                    out[len(kept)] = array
+                    kept.append(i)
+                    all_grey = all_grey and grey
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return Decoded(out, len(kept), kept, skipped, all_grey)
