@@ -98,8 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     run_dir = Path(args.run_dir)
     cfg, encoder, shape = load_trained_encoder(run_dir)
-    if args.no_finetune:
-        cfg.eval_finetune = False
+    cfg.eval_finetune = not args.no_finetune
     train_data, test_data = load_datasets(cfg, args.data, args.eval_data, shape)
     if test_data is None or train_data.labels is None:
         raise UserError("evaluation needs labelled data: give --data (and --eval-data) with labels")
