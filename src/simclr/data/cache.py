@@ -135,6 +135,9 @@ class Slot:
                           built.note, None)
         try:
             final = self._finish_images(built.images, rows)
+            # Map our own file before renaming it: another process building the same slot
+            # (ranks of one distributed run) may replace the name, never this inode.
+            images = np.memmap(final, dtype=np.uint8, mode="c", shape=rows.shape)
             (self.folder / "meta.json").unlink(missing_ok=True)
             os.replace(final, self.folder / "images.u8")
             if labels is not None:
@@ -150,10 +153,7 @@ class Slot:
             log.warning("cannot write the image cache in %s (%s); the next run decodes again",
                         self.folder, e.strerror or e)
             return Cached(np.array(rows), labels, built.classes, built.skipped, built.note, None)
-        cached = self.read()
-        if cached is None:
-            raise OSError(f"the image cache in {self.folder} changed while it was written")
-        return cached
+        return Cached(images, labels, built.classes, built.skipped, built.note, self.folder)
 
     def cleanup(self) -> None:
         """Remove temporary files left by an unfinished build."""
