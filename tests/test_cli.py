@@ -34,7 +34,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Comp
     work = tmp_path_factory.mktemp("cli")
     out = work / "run"
     proc = subprocess.run(
-        simclr_command("train", "--epochs", "1", "--out", str(out), "device=cpu"),
+        simclr_command("train", "--epochs", "1", "--out", str(out), "device=cpu", "eval_finetune=false",
+                       "report=false"),
         cwd=work, env=environment(), capture_output=True, text=True, timeout=TIMEOUT,
     )
     return out, proc
@@ -96,10 +97,11 @@ def test_encoder_safetensors_loads_strictly(run: tuple[Path, subprocess.Complete
 def test_eval_json(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, proc = run
     results = json.loads((out / "eval.json").read_text())
-    assert set(results) == {"simclr", "random_init", "raw_pixels"}
-    for row in results.values():
-        assert set(row) == {"linear", "knn", "few_shot_5"}
-        assert all(0 <= v <= 1 for v in row.values())
+    assert {"simclr", "random_init", "raw_pixels"} <= set(results)
+    for name in ("simclr", "random_init", "raw_pixels"):
+        row = results[name]
+        assert {"linear", "knn", "few_shot_5"} <= set(row)
+        assert all(0 <= row[m] <= 1 for m in ("linear", "knn", "few_shot_5"))
     assert results["raw_pixels"]["linear"] > 0.8  # digits are easy from pixels: a sanity floor
     assert "few_shot_5" in proc.stderr + proc.stdout  # the table is printed
 

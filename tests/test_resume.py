@@ -23,7 +23,7 @@ from simclr.export import export_encoder
 from simclr.model import build_model
 
 # Small, deterministic: one thread, 14 steps per epoch on digits' 898 training images.
-FAST = ["--batch-size", "64", "threads=1", "log_every=1", "checkpoint_every=1"]
+FAST = ["--batch-size", "64", "threads=1", "log_every=1", "checkpoint_every=1", "eval_finetune=false", "report=false"]
 
 
 def simclr(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -70,7 +70,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
 def test_sigint_checkpoints_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "simclr", "train", "--epochs", "3", "--out", str(run),
-                             "--batch-size", "64", "threads=1", "log_every=1", "checkpoint_every=0"],
+                             "--batch-size", "64", "threads=1", "log_every=1", "checkpoint_every=0",
+                             "eval_finetune=false", "report=false"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while last_step(run) < 5 and proc.poll() is None and time.time() < deadline:
@@ -82,7 +83,7 @@ def test_sigint_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert "--resume" in err.strip().splitlines()[-1]
     state = load_checkpoint(run / "checkpoint.pt")
     assert 5 <= state["progress"]["step"] < 42  # saved at the step it stopped, mid-epoch
-    done = simclr("train", "--resume", str(run), "--batch-size", "64", "threads=1")
+    done = simclr("train", "--resume", str(run), "--batch-size", "64", "threads=1", "eval_every=0")
     assert done.returncode == 0, done.stderr
     assert load_checkpoint(run / "checkpoint.pt")["progress"]["step"] == 42
 
@@ -164,7 +165,7 @@ def test_broken_checkpoint_is_one_line_error(tmp_path: Path, content: bytes) -> 
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = simclr("train", "--epochs", "1", "--out", str(run), "--batch-size", "64", "checkpoint_every=1",
-                    "optim.name=sgd", "optim.lr=1e30", "optim.warmup_epochs=0")
+                    "optim.name=sgd", "optim.lr=1e30", "optim.warmup_epochs=0", "report=false")
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: loss is") and "at step" in last and "Traceback" not in result.stderr
@@ -174,7 +175,8 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path: Path) ->
 
 def test_resume_with_other_model_is_refused(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert simclr("train", "--epochs", "1", "--out", str(run), "--batch-size", "256").returncode == 0
+    assert simclr("train", "--epochs", "1", "--out", str(run), "--batch-size", "256", "eval_finetune=false",
+                  "report=false").returncode == 0
     result = simclr("train", "--out", str(run), "model.head_version=2")
     assert result.returncode == 2 and "model.head_version" in result.stderr
 

@@ -292,8 +292,11 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         raise UserError(f"stopped at step {progress.step}; continue with: simclr train --resume {run.out}") from None
     finally:
         logger.close()
+    # Leave the group before evaluating: fine-tuning copies of the encoder must not try to
+    # synchronize BatchNorm with ranks that have finished.
+    dist.barrier()
+    dist.shutdown()
     if not main:
-        dist.shutdown()
         return run.out, None
     save_encoder(run.out / "encoder.safetensors", run.model.encoder)
     results = None
@@ -303,5 +306,4 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         shown = run.test_data if run.test_data is not None else run.train_data
         build_report(run.out, run.model.encoder, shown, run.augment, run.device, cfg.seed)
         log.info("report: %s", run.out / "report.html")
-    dist.shutdown()
     return run.out, results
