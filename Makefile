@@ -26,8 +26,21 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench.py
+# lightly, the benchmark's peer, lives in its own environment: the project never depends on it.
+# A .pth file lends it torch, torchvision and simclr from $(VENV) (no second multi-GB torch).
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): $(STAMP)
+	test -x $(BENCH_VENV)/bin/python || $(BIN)/python -m venv $(BENCH_VENV)
+	$(BIN)/python -c "import sysconfig; print('import site; site.addsitedir(%r)' % sysconfig.get_paths()['purelib'])" \
+		> "$$($(BENCH_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_simclr_venv.pth"
+	$(BENCH_VENV)/bin/python -m pip install -q lightly
+	$(BENCH_VENV)/bin/python -c "import lightly, simclr, torch"
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench.py --lightly-python $(BENCH_VENV)/bin/python $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) runs .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,285 @@
+"""CUDA checks and figures, run by benchmarks/gpu.sh on an NVIDIA machine (about 5 minutes).
+
+1. CUDA against CPU: nt_xent values and gradients (float32 and bfloat16 inputs) against a
+   float64 CPU reference; augmentation output statistics on CUDA against CPU; a bf16-autocast
+   training loss against float32.
+2. The table: augmentation images/s (ours on the GPU), nt_xent forward+backward time and peak
+   memory against the naive version (and lightly when importable), step overhead, and
+   training images/s for ResNet-18 at 32 px and ResNet-50 at 224 px in bf16.
+
+    python benchmarks/gpu_bench.py [--out FILE] [--smoke]   # --smoke: tiny sizes on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import TEMPERATURE, median, naive_nt_xent
+
+from simclr.augment import ImageAugment, two_views
+from simclr.loss import nt_xent
+from simclr.model import build_model
+from simclr.optim import build_optimizer
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, iters: int, warmup: int = 2) -> float:
+    """Median seconds of `fn` over `iters` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks: CUDA against CPU
+
+
+def check_loss(device: torch.device, n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(2, n, 128, generator=g, dtype=torch.float64)
+    for tau in (0.1, 0.5):
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        ref = nt_xent(a, b, temperature=tau)
+        ref.backward()  # type: ignore[no-untyped-call]
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+            c = z1.to(device, dtype).requires_grad_()
+            d = z2.to(device, dtype).requires_grad_()
+            loss = nt_xent(c, d, temperature=tau)
+            loss.backward()  # type: ignore[no-untyped-call]
+            assert a.grad is not None and c.grad is not None
+            value_err = abs(loss.item() - ref.item()) / ref.item()
+            grad_err = float((c.grad.double().cpu() - a.grad).abs().max() / a.grad.abs().max())
+            key = f"tau{tau}_{str(dtype).removeprefix('torch.')}"
+            out[key] = {"value_rel_err": value_err, "grad_rel_err": grad_err,
+                        "ok": value_err < tol and grad_err < 10 * tol}
+    return out
+
+
+def view_stats(x: torch.Tensor) -> dict[str, float]:
+    """Statistics that the recipe fixes: channel means and spread, share of grey views."""
+    x = x.double().cpu()
+    grey = (x.amax(1) - x.amin(1)).flatten(1).amax(1) < 1e-6  # all channels equal everywhere
+    return {"mean": float(x.mean()), "std": float(x.std()), "grey_fraction": float(grey.float().mean()),
+            **{f"mean_c{c}": float(x[:, c].mean()) for c in range(x.shape[1])}}
+
+
+def check_augment(device: torch.device, images: torch.Tensor) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for size, augment in ((32, ImageAugment(32, color_jitter_strength=0.5, blur_prob=0.0)), (96, ImageAugment(96))):
+        # enough views for ~1% sampling error, few enough for the CPU side to be quick
+        x = images[:2048] if size == 32 else torch.nn.functional.interpolate(images[:512].float(), size=96).byte()
+        cpu = view_stats(torch.cat(two_views(augment, x, torch.Generator().manual_seed(1))))
+        gpu = view_stats(torch.cat(two_views(augment, x.to(device), torch.Generator(device=device).manual_seed(1))))
+        diffs = {k: abs(cpu[k] - gpu[k]) for k in cpu}
+        # Different random streams: statistics agree to sampling error (~1/sqrt(views)).
+        ok = all(d < 0.02 for k, d in diffs.items() if k != "grey_fraction") and diffs["grey_fraction"] < 0.03
+        out[f"{size}px"] = {"cpu": cpu, "cuda": gpu, "ok": ok}
+    return out
+
+
+def check_autocast(device: torch.device) -> dict[str, Any]:
+    """One bf16-autocast loss of a ResNet-18 against float32 on the same views."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, 32).to(device)
+    x1, x2 = torch.rand(2, 64, 3, 32, 32, device=device)
+    with torch.no_grad():
+        z1, z2 = model(x1, x2)
+        ref = nt_xent(z1, z2, temperature=TEMPERATURE).item()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            z1, z2 = model(x1, x2)
+        low = nt_xent(z1, z2, temperature=TEMPERATURE).item()
+    return {"float32": ref, "bf16_autocast": low, "rel_err": abs(low - ref) / ref, "ok": abs(low - ref) / ref < 1e-2}
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def bench_augment(device: torch.device, images: torch.Tensor, batch: int, iters: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for size, augment in ((32, ImageAugment(32, color_jitter_strength=0.5, blur_prob=0.0)), (96, ImageAugment(96))):
+        x = images[:batch] if size == 32 else torch.nn.functional.interpolate(
+            images[:batch].float(), size=96).round().byte()
+        x = x.to(device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        seconds = timed(lambda: two_views(augment, x, gen), device, iters)  # noqa: B023
+        out[f"{size}px"] = {"images_per_s": len(x) / seconds, "batch": len(x)}
+    return out
+
+
+def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def bench_loss(device: torch.device, sizes: tuple[int, ...], iters: int) -> dict[str, Any]:
+    impls: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        "ours": lambda a, b: nt_xent(a, b, temperature=TEMPERATURE),
+        "naive": lambda a, b: naive_nt_xent(a, b, TEMPERATURE),
+    }
+    try:
+        from lightly.loss import NTXentLoss
+
+        lightly_loss = NTXentLoss(temperature=TEMPERATURE)
+        impls["lightly"] = lambda a, b: lightly_loss(a, b)
+    except ImportError:
+        pass
+    out: dict[str, Any] = {}
+    for n in sizes:
+        z1, z2 = (torch.randn(n, 128, device=device).requires_grad_() for _ in range(2))
+        row: dict[str, Any] = {}
+        for name, fn in impls.items():
+            step = _loss_step(fn, z1, z2)
+            row[name] = {"seconds": timed(step, device, iters), "peak_mib": peak_memory_mib(step, device),
+                         "value": step()}
+        out[str(n)] = row
+    return out
+
+
+def _loss_step(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z1: torch.Tensor, z2: torch.Tensor
+) -> Callable[[], float]:
+    def step() -> float:
+        z1.grad = z2.grad = None
+        loss = fn(z1, z2)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return float(loss.detach())
+
+    return step
+
+
+def bench_training(device: torch.device, encoder: str, size: int, batch: int, iters: int, bf16: bool,
+                   channels_last: bool) -> dict[str, Any]:
+    """Full steps (augmentation on the device, both views, loss, LARS) against the encoder's
+    forward + backward alone; images/s of the full step."""
+    torch.manual_seed(0)
+    model = build_model(encoder, 3, size).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, "lars", 0.3 * batch / 256, 1e-6)
+    augment = ImageAugment(size, color_jitter_strength=0.5 if size <= 64 else 1.0, blur_prob=0.0 if size <= 64 else 0.5)
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def full() -> None:
+        x1, x2 = (v.contiguous(memory_format=fmt) for v in two_views(augment, x, gen))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            z1, z2 = model(x1, x2)
+        loss = nt_xent(z1, z2, temperature=TEMPERATURE)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+
+    views = torch.cat(two_views(augment, x, gen)).contiguous(memory_format=fmt)
+
+    def encoder_alone() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            h = model.encoder(views)
+        h.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    step_s = timed(full, device, iters)
+    enc_s = timed(encoder_alone, device, iters)
+    return {"images_per_s": batch / step_s, "step_s": step_s, "encoder_s": enc_s, "overhead": step_s / enc_s,
+            "batch": batch, "bf16": bf16, "channels_last": channels_last}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "gpu-results.json"))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks that this script runs")
+    args = parser.parse_args()
+    if not args.smoke and not torch.cuda.is_available():
+        print("no CUDA device: nothing to measure")
+        return 0
+    device = torch.device("cpu" if args.smoke else "cuda")
+    small = args.smoke
+    started = time.perf_counter()
+    res: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": "cpu (smoke test)" if small else torch.cuda.get_device_name(device),
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+    }
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    images = torch.randint(0, 256, (512 if small else 8192, 3, 32, 32), dtype=torch.uint8)
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:5.0f} s] {msg}", flush=True)
+
+    # Checks compare against the CPU; in --smoke mode both sides are the CPU.
+    res["check_loss"] = check_loss(device, 64 if small else 1024)
+    log(f"loss CUDA vs CPU: {json.dumps(res['check_loss'])}")
+    res["check_augment"] = check_augment(device, images)
+    log(f"augment statistics ok: {[v['ok'] for v in res['check_augment'].values()]}")
+    res["check_autocast"] = check_autocast(device)
+    log(f"bf16 autocast loss vs float32: {res['check_autocast']}")
+
+    res["augment"] = bench_augment(device, images, 256 if small else 4096, 2 if small else 20)
+    log(f"augment: {res['augment']}")
+    res["loss"] = bench_loss(device, (256,) if small else (256, 1024, 4096, 8192), 2 if small else 10)
+    log(f"loss: {json.dumps(res['loss'])}")
+    train: dict[str, Any] = {}
+    for name, encoder, size, batch, bf16 in (
+        ("resnet18_32px_fp32", "resnet18", 32, 256, False),
+        ("resnet18_32px_bf16", "resnet18", 32, 512, True),
+        ("small_cnn_32px_fp32", "small_cnn", 32, 512, False),
+        ("resnet50_224px_bf16", "resnet50", 224, 128, True),
+    ):
+        if small:
+            size, batch = min(size, 32), 8
+        train[name] = bench_training(device, encoder, size, batch, 2 if small else 10, bf16, channels_last=True)
+        log(f"{name}: {train[name]}")
+    res["training"] = train
+    res["total_s"] = time.perf_counter() - started
+    ok = all(v["ok"] for v in res["check_loss"].values()) and all(v["ok"] for v in res["check_augment"].values())
+    res["checks_ok"] = ok and res["check_autocast"]["ok"]
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+
+    print(f"\nSimCLR on {res['device']} ({res['date']}), checks {'passed' if res['checks_ok'] else 'FAILED'}")
+    print(f"{'case':<44} {'figure':>12}")
+    for size, r in res["augment"].items():
+        print(f"{'augment two views ' + size + ', images/s':<44} {r['images_per_s']:>12.0f}")
+    for n, row in res["loss"].items():
+        for impl, r in row.items():
+            mem = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
+            print(f"{f'nt_xent N={n} {impl}: ms, peak':<44} {r['seconds'] * 1e3:>12.2f} {mem:>10}")
+    for name, r in train.items():
+        print(f"{name + ': images/s (overhead)':<44} {r['images_per_s']:>12.0f} {r['overhead']:>10.3f}")
+    print(f"{res['total_s']:.0f} s; figures in {args.out}")
+    return 0 if res["checks_ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
