@@ -160,17 +160,14 @@ def _children(pid: int) -> list[int]:
 
 @needs_torchrun
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
-@pytest.mark.skipif(
-    os.environ.get("SIMCLR_FAULT_TESTS") != "1",
-    reason="set SIMCLR_FAULT_TESTS=1: on a loaded 2-core machine gloo's connection set-up in the restarted "
-    "group sometimes hangs inside torch (init_process_group), which this test cannot tell from a bug of ours",
-)
 def test_killed_worker_restarts_group_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Without this, torchrun shares its rendezvous store with the workers and a restarted group
+    # can read the previous round's addresses and hang or fail to connect (pytorch#135712).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     proc = subprocess.Popen(
         torchrun("train", "--epochs", "3", "--out", str(run), *FAST, "checkpoint_every=2",
-                 extra=("--max-restarts", "2")),
+                 extra=("--max-restarts", "1")),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )
     try:
@@ -187,8 +184,6 @@ def _kill_a_worker_and_check(proc: subprocess.Popen[str], run: Path) -> None:
         if len(lines) >= 9 and (run / "checkpoint.pt").exists():
             break
         time.sleep(0.05)
-    # One restart is what the kill needs; the second absorbs gloo's connection set-up timing
-    # out on a loaded 2-core machine, which is not what this test is about.
     workers = _children(proc.pid)
     assert len(workers) == 2, "expected torchrun's two workers"
     os.kill(workers[1], signal.SIGKILL)
