@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench bench-quality clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(BIN)/simclr train --out runs/demo
 
 lint: $(STAMP)
@@ -44,3 +45,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs .mypy_cache .ruff_cache .pytest_cache
+
+# Pretrain + evaluate MNIST and the CIFAR-10 JPEG subset within a CPU budget (needs ../shared).
+bench-quality: $(STAMP)
+	$(BIN)/python benchmarks/quality.py

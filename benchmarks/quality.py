@@ -1,0 +1,97 @@
+"""Quality benchmark (`make bench-quality`): pretrain within a CPU time budget, then evaluate.
+
+For each dataset: time a few real training steps of the chosen model, pick the number of epochs
+that fits the pretraining share of the budget (so the learning-rate schedule runs to its end),
+run `simclr train` with a separate labelled test set, and collect eval.json. Prints a Markdown
+table and writes benchmarks/quality_results.json. Needs ../shared/datasets (skips what is absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from simclr.augment import two_views
+from simclr.config import load_config
+from simclr.experiment import load_datasets
+from simclr.model import build_model
+from simclr.optim import build_optimizer
+from simclr.train import build_augment, train_step
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+CASES = {
+    "mnist": {
+        "data": SHARED / "mnist",
+        "eval_data": f"{SHARED / 'mnist'}:test",
+        "overrides": ["model.encoder=small_cnn", "batch_size=128", "augment.flip_prob=0", "temperature=0.5"],
+    },
+    "cifar10": {
+        "data": SHARED / "cifar10_jpeg" / "cifar10-train-first2000perclass-jpeg.zip",
+        "eval_data": str(SHARED / "cifar10_jpeg" / "cifar10-test-jpeg.zip"),
+        "overrides": ["model.encoder=small_cnn", "batch_size=128", "temperature=0.5"],
+    },
+}
+
+
+def seconds_per_step(overrides: list[str], data: str, eval_data: str, steps: int = 6) -> tuple[float, int]:
+    """Measured time of one training step (after a warm-up) and the steps in one epoch."""
+    cfg = load_config(None, [*overrides, f"data.source={data}", f"data.eval_source={eval_data}"])
+    train_data, _ = load_datasets(cfg)
+    model = build_model(cfg.model.encoder, train_data.channels, train_data.image_size)
+    optimizer = build_optimizer(model, cfg.optim.name, 0.1, cfg.optim.weight_decay)
+    augment = build_augment(cfg.augment, train_data.image_size)
+    x = train_data.images[: cfg.batch_size]
+    train_step(model, optimizer, *two_views(augment, x), cfg.temperature)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, optimizer, *two_views(augment, x), cfg.temperature)
+    return (time.perf_counter() - start) / steps, len(train_data) // cfg.batch_size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--budget-min", type=float, default=15.0, help="CPU minutes per dataset, all included")
+    parser.add_argument("--pretrain-share", type=float, default=0.8, help="part of the budget for pretraining")
+    parser.add_argument("--only", choices=sorted(CASES), action="append")
+    parser.add_argument("--out", default="runs/quality")
+    args = parser.parse_args()
+    results: dict[str, dict[str, object]] = {}
+    for name in args.only or sorted(CASES):
+        case = CASES[name]
+        if not Path(str(case["data"])).exists():
+            print(f"{name}: skipped, {case['data']} is absent")
+            continue
+        overrides = list(case["overrides"])  # type: ignore[call-overload]
+        step_s, steps_per_epoch = seconds_per_step(overrides, str(case["data"]), str(case["eval_data"]))
+        epochs = max(1, int(args.budget_min * 60 * args.pretrain_share / (step_s * steps_per_epoch)))
+        out = Path(args.out) / name
+        command = [sys.executable, "-m", "simclr", "train", "--data", str(case["data"]), "--eval-data",
+                   str(case["eval_data"]), "--epochs", str(epochs), "--out", str(out), *overrides,
+                   "eval_finetune=false", "report=false", "eval_every=0"]
+        print(f"{name}: {step_s:.2f} s/step × {steps_per_epoch} steps/epoch → {epochs} epochs")
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        wall = time.perf_counter() - start
+        evaluation = json.loads((out / "eval.json").read_text())
+        results[name] = {"epochs": epochs, "wall_s": round(wall), "command": " ".join(command[1:]),
+                         **{enc: evaluation[enc] for enc in ("simclr", "random_init", "raw_pixels")}}
+    Path("benchmarks/quality_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print("\n| dataset | epochs | wall | encoder | linear | kNN | few_shot_5 | linear_1pct | linear_10pct |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        for enc in ("simclr", "random_init", "raw_pixels"):
+            row = r[enc]
+            assert isinstance(row, dict)
+            cells = " | ".join(f"{row[m]:.4f}" for m in ("linear", "knn", "few_shot_5", "linear_1pct", "linear_10pct"))
+            print(f"| {name} | {r['epochs']} | {r['wall_s']} s | {enc} | {cells} |")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(torch.get_num_threads())
+    main()
