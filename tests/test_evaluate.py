@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +30,6 @@ from simclr.model import SmallCNN
 
 CHEAP = FinetuneSettings(epochs=1, min_steps=3, batch_size=16)
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; on shared cores, more threads spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def toy_images(n_per_class: int = 30, classes: int = 4, size: int = 8, seed: int = 0) -> ImageData:

@@ -4,8 +4,6 @@ touches the caller's encoder or random state."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -19,14 +17,6 @@ from simclr.model import SmallCNN
 # train a network from scratch. No flips: a flipped digit is another digit (or none).
 SHORT = FinetuneSettings(min_steps=20, lr=0.01, flip_prob=0.0)
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; on shared cores, more threads spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

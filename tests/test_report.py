@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from simclr.augment import ImageAugment
@@ -17,14 +15,6 @@ from simclr.data import ImageData
 from simclr.evaluate import save_eval
 from simclr.model import SmallCNN
 from simclr.report import FIGURES, build_report, curves_figure, embedding_map_figure, read_metrics
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def images(n: int = 40, labelled: bool = True, channels: int = 1) -> ImageData:
