@@ -139,7 +139,7 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.parametrize("command", ["train --resume", "export"])
+@pytest.mark.parametrize("command", ["train --resume", "export", "eval", "embed --data digits --out h.npz"])
 def test_malicious_checkpoint_runs_nothing(tmp_path: Path, command: str) -> None:
     run, marker = tmp_path / "run", tmp_path / "pwned"
     run.mkdir()
@@ -147,7 +147,8 @@ def test_malicious_checkpoint_runs_nothing(tmp_path: Path, command: str) -> None
     torch.load(run / "checkpoint.pt", weights_only=False)  # proof the payload is live: unsafe loading runs it
     assert marker.exists()
     marker.unlink()
-    result = simclr(*command.split(), str(run))
+    words = command.split()
+    result = simclr(words[0], str(run), *words[1:], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     assert not marker.exists(), "loading the checkpoint executed its payload"
@@ -238,3 +239,20 @@ def test_full_disk_is_refused_before_training(tmp_path: Path, monkeypatch: pytes
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "MiB free" in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_failed_checkpoint_write_stops_with_error_and_keeps_previous(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from simclr import checkpoint
+    from simclr.config import Config
+
+    cfg = Config()
+    checkpoint.save_training_checkpoint(tmp_path, _state(1, 1.0), cfg)
+
+    def disk_full(path: Path, write: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "atomic_write", disk_full)
+    with pytest.raises(UserError, match="No space left on device; the previous one is kept"):
+        checkpoint.save_training_checkpoint(tmp_path, _state(2, 2.0), cfg)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["progress"]["step"] == 1
