@@ -286,6 +286,47 @@ def case_step(p: dict[str, Any]) -> dict[str, Any]:
             "images_per_s": p["batch"] / step_s, "steps": steps, "encoder": encs}
 
 
+def case_model(p: dict[str, Any]) -> dict[str, Any]:
+    """Encoder forward + backward images/s per model-side variant, the variants alternated:
+    float32, channels_last memory format, bf16 autocast, torch.compile."""
+    from simclr.model import build_model
+
+    torch.manual_seed(0)
+    x = torch.rand(2 * p["batch"], p["channels"], p["size"], p["size"])  # (2b, c, s, s): both views
+
+    def make(variant: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+        encoder = build_model(p["encoder"], p["channels"], p["size"]).encoder
+        inputs = x
+        if "channels_last" in variant:
+            encoder = encoder.to(memory_format=torch.channels_last)
+            inputs = x.contiguous(memory_format=torch.channels_last)
+        fn: Callable[[torch.Tensor], torch.Tensor] = torch.compile(encoder) if "compile" in variant else encoder
+        if "bf16" in variant:
+            plain = fn
+
+            def fn(v: torch.Tensor) -> torch.Tensor:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return plain(v).float()
+
+        return fn, inputs
+
+    variants = {v: make(v) for v in p["variants"]}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    warmup: dict[str, float] = {}
+    for rep in range(p["iters"] + 1):
+        for v, (fn, inputs) in variants.items():
+            start = time.perf_counter()
+            fn(inputs).square().mean().backward()  # type: ignore[no-untyped-call]
+            elapsed = time.perf_counter() - start
+            if rep == 0:  # compilation, first-touch allocations
+                warmup[v] = elapsed
+            else:
+                times[v].append(elapsed)
+    base = median(times[p["variants"][0]])
+    return {"variants": {v: {"images_per_s": p["batch"] / median(t), "speedup": base / median(t), "best_s": min(t),
+                             "first_call_s": warmup[v], "times": t} for v, t in times.items()}}
+
+
 # --------------------------------------------------------------------------------------------
 # End to end: images/s of `simclr train` against a lightly-based loop on the same JPEG files
 
@@ -366,7 +407,8 @@ def case_e2e_lightly(p: dict[str, Any]) -> dict[str, Any]:
 
 CASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "aug_ours": case_aug_ours, "aug_torchvision": case_aug_torchvision, "aug_lightly": case_aug_lightly,
-    "loss": case_loss, "step": case_step, "e2e_ours": case_e2e_ours, "e2e_lightly": case_e2e_lightly,
+    "loss": case_loss, "step": case_step, "model": case_model,
+    "e2e_ours": case_e2e_ours, "e2e_lightly": case_e2e_lightly,
 }
 
 
@@ -494,7 +536,7 @@ def prepare_inputs(work: Path, quick: bool) -> dict[str, str]:
 
 def bench_augment(runner: Runner, inputs: dict[str, str], quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    reps = 1 if quick else 3
+    reps = 1 if quick else 2
     for size in (32, 96):
         images = inputs[f"img{size}"]
         # roughly equal seconds per contender: per-image pipelines are ~10x slower
@@ -568,6 +610,23 @@ def bench_step(runner: Runner, inputs: dict[str, str], quick: bool) -> dict[str,
             results[name] = r
             runner.log(f"  step {name}: overhead {r['overhead']:.3f} (step {r['step_s']:.3f} s, "
                        f"encoder {r['encoder_s']:.3f} s, augmentation {r['augment_s']:.3f} s)")
+    return results
+
+
+def bench_model(runner: Runner, quick: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    small = {"encoder": "small_cnn", "channels": 3, "size": 32, "batch": 256, "iters": 3 if quick else 5,
+             "variants": ["float32", "channels_last", "bf16"] + ([] if quick else ["compile"])}
+    cases: list[tuple[str, dict[str, Any]]] = [("small_cnn_cifar", small)]
+    if not quick:
+        cases.append(("resnet18_cifar", {"encoder": "resnet18", "channels": 3, "size": 32, "batch": 64, "iters": 3,
+                                         "variants": ["float32", "channels_last"]}))
+    for name, params in cases:
+        r = runner.run("main", {"case": "model", **params})
+        if r and "error" not in r:
+            results[name] = r
+            runner.log(f"  model {name}: " + ", ".join(
+                f"{v} {fig['images_per_s']:.0f} img/s ({fig['speedup']:.2f}x)" for v, fig in r["variants"].items()))
     return results
 
 
@@ -651,6 +710,13 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         limit = 1.05 if name == "resnet18_cifar" else None
         row(f"step overhead {name}: full step / encoder fwd+bwd", step["step_s"], step["encoder_s"], "s",
             f"<= {limit}" if limit else "", step["overhead"], None if limit is None else step["overhead"] <= limit)
+    for name, entry in (get(res, "model") or {}).items():
+        variants = entry["variants"]
+        first = next(iter(variants))
+        for v, fig in variants.items():
+            if v != first:
+                row(f"encoder fwd+bwd {name}: {v} vs {first}", fig["images_per_s"], variants[first]["images_per_s"],
+                    "img/s", "", fig["speedup"], None)
     for encoder, entry in (get(res, "e2e") or {}).items():
         need = 3.0 if encoder == "small_cnn" else 1.2
         ours, peer = get(entry, "ours", "images_per_s"), get(entry, "lightly", "images_per_s")
@@ -688,7 +754,8 @@ def find_lightly(path: str | None) -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a subset, about 2 minutes")
-    parser.add_argument("--only", nargs="+", choices=("augment", "loss", "step", "e2e"), help="run these suites")
+    parser.add_argument("--only", nargs="+", choices=("augment", "loss", "step", "model", "e2e"),
+                        help="run only these suites")
     parser.add_argument("--out", default=str(HERE / "results.json"), help="where the JSON figures go")
     parser.add_argument("--lightly-python", help="interpreter with lightly (default: .venv-bench/bin/python)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed to one case")
@@ -704,7 +771,7 @@ def main() -> int:
     if lightly is None:
         log("lightly is not available (run `make bench`, which makes .venv-bench): its columns stay empty")
     runner = Runner({"main": sys.executable, "lightly": lightly}, args.timeout, log)
-    suites = args.only or ["augment", "loss", "step", "e2e"]
+    suites = args.only or ["augment", "loss", "step", "model", "e2e"]
     started = time.perf_counter()
     res: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -726,6 +793,9 @@ def main() -> int:
         if "step" in suites:
             log("step overhead")
             res["step"] = bench_step(runner, inputs, args.quick)
+        if "model" in suites:
+            log("model-side variants")
+            res["model"] = bench_model(runner, args.quick)
         if "e2e" in suites:
             log("end to end")
             res["e2e"] = bench_e2e(runner, inputs, work, args.quick)
