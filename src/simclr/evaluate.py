@@ -138,45 +138,8 @@ def knn_accuracy(
     return correct / len(test_x)
 
 
-def evaluate_features(
-    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-    seed: int = 0, few_shot: int = 5, knn_k: int = 200,
-) -> dict[str, float]:
-    """The demo's three numbers for one feature extractor."""
-    xtr, ytr, xte, yte = train_x.numpy(), train_y.numpy(), test_x.numpy(), test_y.numpy()
-    few = balanced_subset(ytr, few_shot, seed)
-    return {
-        "linear": linear_probe(xtr, ytr, xte, yte, seed),
-        "knn": knn_accuracy(train_x, train_y, test_x, test_y, k=knn_k),
-        f"few_shot_{few_shot}": linear_probe(xtr[few], ytr[few], xte, yte, seed),
-    }
-
-
 def raw_pixels(images: torch.Tensor) -> torch.Tensor:
     return images.float().flatten(1) / 255
-
-
-def evaluate_run(
-    encoder: nn.Module, make_random_encoder: Callable[[], nn.Module], data: ImageData,
-    train_index: np.ndarray, test_index: np.ndarray, device: torch.device | str,
-    seed: int = 0, few_shot: int = 5, knn_k: int = 200,
-) -> dict[str, dict[str, float]]:
-    """The frozen SimCLR encoder against the same architecture at random initialization and
-    against raw pixels, on one seeded stratified split."""
-    if data.labels is None:
-        raise ValueError("evaluation needs labels")
-    labels = data.labels
-    torch.manual_seed(seed)
-    random_encoder = make_random_encoder().to(device)
-    results = {}
-    for name, feats in (
-        ("simclr", extract_features(encoder, data.images, device=device)),
-        ("random_init", extract_features(random_encoder, data.images, device=device)),
-        ("raw_pixels", raw_pixels(data.images)),
-    ):
-        tr, te = torch.as_tensor(train_index), torch.as_tensor(test_index)
-        results[name] = evaluate_features(feats[tr], labels[tr], feats[te], labels[te], seed, few_shot, knn_k)
-    return results
 
 
 def knn_monitor(
