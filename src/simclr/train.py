@@ -246,6 +246,7 @@ def save(run: Run, progress: Progress, aug_gen: torch.Generator) -> None:
         "epoch_order_state": progress.epoch_order_state,
         "rng": rng_state(aug_states),
         "input_shape": list(run.train_data.images.shape[1:]),  # (C, H, W) the encoder expects
+        "metrics": (run.out / "metrics.jsonl").read_text() if (run.out / "metrics.jsonl").exists() else "",
     }
     save_training_checkpoint(run.out, state, run.cfg)
 
@@ -283,6 +284,9 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     log.info("%s %s: %d training images %s, %s on %s × %d, global batch %d, step %d of %d",
              "resuming" if resume_state else "run", run.out, len(images), tuple(images.shape[1:]),
              cfg.model.encoder, run.device, dist.world_size(), cfg.batch_size, progress.step, run.total_steps)
+    metrics = run.out / "metrics.jsonl"
+    if main and resume_state is not None and not metrics.exists():  # the run directory lost it
+        metrics.write_text(resume_state.get("metrics", ""))
     logger = MetricsLogger(run.out, cfg.log_every, run.total_steps, progress.step, enabled=main)
     try:
         with SignalGuard() as guard:
