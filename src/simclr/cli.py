@@ -115,8 +115,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     cfg, encoder, shape = load_trained_encoder(Path(args.run_dir))
     data = load_source(cfg, args.data, shape[0], shape[1])
     device = resolve_device(cfg.device)
-    ids = getattr(data, "ids", None)  # file paths where the source has them, else row indices
-    path = embed_to_file(encoder.to(device), data.images, ids, data.labels, Path(args.out), device=device)
+    # Rows are identified by their index in the source's sorted order (paths are not cached yet).
+    path = embed_to_file(encoder.to(device), data.images, None, data.labels, Path(args.out), device=device)
     log.info("wrote %d embeddings to %s", len(data), path)
 
 

@@ -196,7 +196,7 @@ def build_report(
         rows = torch.as_tensor(_sample(len(data), max_points, seed))
         h = extract_features(encoder, data.images[rows], device=device).numpy()
         labels = data.labels[rows].numpy() if data.labels is not None else None
-        classes = getattr(data, "classes", None)
+        classes = data.classes
         parts.append(_save(embedding_map_figure(h, labels, classes, seed), run_dir / "embedding_map.png"))
         if labels is None:
             parts.append("<p class='muted'>The data has no labels, so the points are not coloured.</p>")
