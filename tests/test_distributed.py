@@ -193,3 +193,31 @@ def _kill_a_worker_and_check(proc: subprocess.Popen[str], run: Path) -> None:
     assert load_checkpoint(run / "checkpoint.pt")["progress"]["step"] == 21
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 22))
+
+
+def _features_worker(rank: int, store: str, out: str) -> None:
+    from simclr.evaluate import extract_features_sharded
+
+    _init(rank, store)
+    torch.manual_seed(0)
+    encoder = SmallCNN(1, width=4)  # the same weights on both ranks
+    images = torch.randint(0, 256, (7, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    torch.save(extract_features_sharded(encoder, images, batch_size=2), f"{out}.{rank}")
+    torch_dist.destroy_process_group()
+
+
+def test_evaluation_features_are_gathered_from_both_ranks(tmp_path: Path) -> None:
+    """7 images over 2 ranks (shares of 4, the last one padded): every rank gets the 7 features
+    one process computes, in order."""
+    from simclr.evaluate import extract_features
+
+    out = str(tmp_path / "feats")
+    mp.spawn(_features_worker, args=(str(tmp_path / "store"), out), nprocs=WORLD)
+    torch.manual_seed(0)
+    encoder = SmallCNN(1, width=4)
+    images = torch.randint(0, 256, (7, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    single = extract_features(encoder, images, batch_size=2)
+    for r in range(WORLD):
+        got = torch.load(f"{out}.{r}", weights_only=True)
+        assert got.shape == single.shape
+        assert torch.allclose(got, single, rtol=1e-6, atol=1e-6)

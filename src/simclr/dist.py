@@ -100,6 +100,17 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every rank along dim 0, in rank order; every rank passes the same
+    shape. No gradient: for features, not for the loss (see `gather_with_grad`)."""
+    if not is_distributed() or world_size() == 1:
+        return x
+    device = _collective_device()
+    parts = [torch.empty_like(x, device=device) for _ in range(world_size())]
+    torch_dist.all_gather(parts, x.to(device))
+    return torch.cat(parts).to(x.device)
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every rank along dim 0, keeping the autograd graph.
 

@@ -25,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from tqdm import tqdm
 
+from simclr import dist
 from simclr.data import ImageData
 from simclr.errors import UserError
 from simclr.finetune import FinetuneSettings, finetune_accuracy
@@ -54,6 +55,21 @@ def extract_features(
     if not feats:
         return torch.zeros(0, 0)
     return torch.cat(feats)
+
+
+def extract_features_sharded(
+    encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """`extract_features` split across the ranks of a process group: every rank must call it;
+    each encodes its contiguous share of the N images and every rank gets all N features, in
+    order. Without a process group it is `extract_features`."""
+    world = dist.world_size()
+    if world == 1 or len(images) == 0:
+        return extract_features(encoder, images, batch_size, device)
+    share = -(-len(images) // world)  # ceil: equal shares, the last rank repeats the last image
+    rows = torch.arange(dist.rank() * share, (dist.rank() + 1) * share).clamp(max=len(images) - 1)
+    local = extract_features(encoder, images[rows], batch_size, device)
+    return dist.all_gather_rows(local)[: len(images)]
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,13 +165,14 @@ def knn_monitor(
 ) -> float:
     """Weighted kNN accuracy of h = f(x) (the cheap monitor of the SimCLR/InstDisc literature),
     for calling during training: eval mode and `no_grad` for the extraction, then the
-    encoder's mode is restored; no parameter or buffer changes."""
-    train_x = extract_features(encoder, train_images, batch_size, device)
-    test_x = extract_features(encoder, test_images, batch_size, device)
+    encoder's mode is restored; no parameter or buffer changes. Under torchrun every rank
+    calls it and encodes its share of the images; all get the same accuracy."""
+    train_x = extract_features_sharded(encoder, train_images, batch_size, device)
+    test_x = extract_features_sharded(encoder, test_images, batch_size, device)
     return knn_accuracy(train_x, train_labels.cpu(), test_x, test_labels.cpu(), k=k, temperature=temperature)
 
 
-def _seeded(make: Callable[[], nn.Module], seed: int) -> nn.Module:
+def seeded(make: Callable[[], nn.Module], seed: int) -> nn.Module:
     """`make()` under a fixed seed, without disturbing the caller's random state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -167,6 +184,7 @@ def evaluate_suite(
     test_data: ImageData, device: torch.device | str = "cpu", seed: int = 0, few_shot: int = 5,
     knn_k: int = 200, fractions: Sequence[float] = (0.01, 0.1), finetune: bool = True,
     finetune_settings: FinetuneSettings | None = None, batch_size: int = 512,
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
     """The full evaluation of one trained encoder; returns results and notes.
 
@@ -181,6 +199,10 @@ def evaluate_suite(
     apply is NaN: fine-tuning for `random_init` (that network is `supervised`) and
     `raw_pixels`, and every frozen-feature metric for `supervised`. `notes` say where the
     protocol had to bend (k lowered, a fraction raised to one label per class).
+
+    `features` may hold the (train, test) features of `simclr` and `random_init` already
+    extracted, e.g. by every rank of a process group (`frozen_features`); `random_init` must
+    then come from `seeded(make_random_encoder, seed)`, as here.
     """
     if train_data.labels is None or test_data.labels is None:
         raise UserError("evaluation needs labels for both the training and the test images")
@@ -198,18 +220,15 @@ def evaluate_suite(
     finetune_names = [f"finetune_{fraction_name(f)}" for f in fractions]
     nan_row = dict.fromkeys(["linear", "knn", *subsets, *finetune_names], math.nan)  # metric order
 
-    random_encoder = _seeded(make_random_encoder, seed).to(device)
-
-    def features(f: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        return (extract_features(f, train_data.images, batch_size, device),
-                extract_features(f, test_data.images, batch_size, device))
+    random_encoder = seeded(make_random_encoder, seed).to(device)
+    if features is None:
+        features = frozen_features({"simclr": encoder, "random_init": random_encoder},
+                                   train_data.images, test_data.images, batch_size, device)
+    features = {**features, "raw_pixels": (raw_pixels(train_data.images), raw_pixels(test_data.images))}
 
     results: dict[str, dict[str, float]] = {}
-    for name, (xtr, xte) in (
-        ("simclr", features(encoder)),
-        ("random_init", features(random_encoder)),
-        ("raw_pixels", (raw_pixels(train_data.images), raw_pixels(test_data.images))),
-    ):
+    for name in ("simclr", "random_init", "raw_pixels"):
+        xtr, xte = features[name]
         log.info("evaluating %s: linear probe, kNN, label fractions", name)
         row = dict(nan_row)
         row["linear"] = linear_probe(xtr.numpy(), ytr.numpy(), xte.numpy(), yte.numpy(), seed)
@@ -227,6 +246,19 @@ def evaluate_suite(
                 init, train_data.images[labelled], ytr[labelled], test_data.images, yte, device, seed, tune,
             )
     return results, notes
+
+
+def frozen_features(
+    encoders: dict[str, nn.Module], train_images: torch.Tensor, test_images: torch.Tensor,
+    batch_size: int = 512, device: torch.device | str = "cpu",
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(train, test) features of each named encoder; under a process group every rank must call
+    it, encodes its share, and gets all the features."""
+    return {
+        name: (extract_features_sharded(f, train_images, batch_size, device),
+               extract_features_sharded(f, test_images, batch_size, device))
+        for name, f in encoders.items()
+    }
 
 
 def save_eval(path: Path, results: dict[str, dict[str, float]], notes: Sequence[str] = ()) -> None:

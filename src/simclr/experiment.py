@@ -12,7 +12,7 @@ from simclr import dist
 from simclr.config import Config, from_dict
 from simclr.data import ImageData, load_images
 from simclr.errors import UserError
-from simclr.evaluate import evaluate_suite, save_eval, stratified_split
+from simclr.evaluate import evaluate_suite, frozen_features, save_eval, seeded, stratified_split
 from simclr.export import encoder_state
 from simclr.finetune import FinetuneSettings
 from simclr.model import build_encoder
@@ -63,10 +63,27 @@ def load_trained_encoder(run_dir: Path) -> tuple[Config, nn.Module, list[int]]:
     return cfg, encoder, shape
 
 
+def random_encoder_for(cfg: Config, data: ImageData) -> nn.Module:
+    """The random-init baseline: the run's architecture with seeded weights (the same on every rank)."""
+    return seeded(lambda: build_encoder(cfg.model.encoder, data.channels, data.image_size, cfg.model.cifar_stem),
+                  cfg.seed)
+
+
+def gather_eval_features(
+    cfg: Config, encoder: nn.Module, train_data: ImageData, test_data: ImageData, device: torch.device
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Frozen features of the trained and the random-init encoder, each rank encoding its share
+    (every rank calls this); `evaluate_encoder` then needs only rank 0."""
+    encoders = {"simclr": encoder, "random_init": random_encoder_for(cfg, train_data).to(device)}
+    return frozen_features(encoders, train_data.images, test_data.images, device=device)
+
+
 def evaluate_encoder(
-    cfg: Config, encoder: nn.Module, train_data: ImageData, test_data: ImageData, device: torch.device, out: Path
+    cfg: Config, encoder: nn.Module, train_data: ImageData, test_data: ImageData, device: torch.device, out: Path,
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """The evaluation suite for a trained encoder against its baselines; writes eval.json."""
+    """The evaluation suite for a trained encoder against its baselines; writes eval.json.
+    `features`: from `gather_eval_features`, when the ranks of a process group extracted them."""
 
     def random_encoder() -> nn.Module:
         return build_encoder(cfg.model.encoder, train_data.channels, train_data.image_size, cfg.model.cifar_stem)
@@ -75,10 +92,9 @@ def evaluate_encoder(
         encoder, random_encoder, train_data, test_data, device, cfg.seed, cfg.eval_few_shot, cfg.eval_knn_k,
         finetune=cfg.eval_finetune,
         finetune_settings=FinetuneSettings(flip_prob=cfg.augment.flip_prob),
+        features=features,
     )
     save_eval(out / "eval.json", results, notes)
     for note in notes:
         log.info("note: %s", note)
     return results
-
-

@@ -24,7 +24,7 @@ from simclr.config import AugmentConfig, Config, save_config
 from simclr.data import ImageData
 from simclr.errors import UserError
 from simclr.evaluate import knn_monitor
-from simclr.experiment import evaluate_encoder, load_datasets
+from simclr.experiment import evaluate_encoder, gather_eval_features, load_datasets
 from simclr.global_bn import to_global_batchnorm
 from simclr.loss import nt_xent
 from simclr.metrics import MetricsLogger
@@ -221,10 +221,14 @@ def train_one_epoch(
 
 
 def monitor_due(run: Run, epoch: int) -> bool:
-    """kNN accuracy on the held-out set every `eval_every` epochs and at the end (rank 0)."""
+    """kNN accuracy on the held-out set every `eval_every` epochs and at the end (all ranks
+    encode their share of the images)."""
     every = run.cfg.eval_every
-    labelled = run.test_data is not None and run.train_data.labels is not None
-    return labelled and dist.is_main_process() and every > 0 and (epoch % every == 0 or epoch == run.cfg.epochs)
+    return labelled(run) and every > 0 and (epoch % every == 0 or epoch == run.cfg.epochs)
+
+
+def labelled(run: Run) -> bool:
+    return run.test_data is not None and run.train_data.labels is not None
 
 
 def monitor_knn(run: Run, images: torch.Tensor) -> float:
@@ -296,16 +300,23 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         raise UserError(f"stopped at step {progress.step}; continue with: simclr train --resume {run.out}") from None
     finally:
         logger.close()
-    # Leave the group before evaluating: fine-tuning copies of the encoder must not try to
-    # synchronize BatchNorm with ranks that have finished.
+    features = None
+    if labelled(run):  # every rank encodes its share of the evaluation images
+        assert run.test_data is not None
+        features = gather_eval_features(cfg, run.model.encoder, run.train_data, run.test_data, run.device)
+    # Leave the group before the rest of the evaluation: fine-tuning copies of the encoder must
+    # not try to synchronize BatchNorm with ranks that have finished.
     dist.barrier()
     dist.shutdown()
     if not main:
         return run.out, None
     save_encoder(run.out / "encoder.safetensors", run.model.encoder)
     results = None
-    if run.test_data is not None and run.train_data.labels is not None:
-        results = evaluate_encoder(cfg, run.model.encoder, run.train_data, run.test_data, run.device, run.out)
+    if features is not None:
+        assert run.test_data is not None
+        results = evaluate_encoder(
+            cfg, run.model.encoder, run.train_data, run.test_data, run.device, run.out, features=features
+        )
     if cfg.report:
         shown = run.test_data if run.test_data is not None else run.train_data
         build_report(run.out, run.model.encoder, shown, run.augment, run.device, cfg.seed)
