@@ -859,3 +859,18 @@ def test_shared_cifar10_unpacked_matches_the_zip(cifar_train: tuple[ImageData, P
     rows = torch.cat([torch.arange(per_class) + 2000 * k for k in range(10)])
     assert torch.equal(folder.images, data.images[rows])
     assert folder.labels is not None and data.labels is not None and torch.equal(folder.labels, data.labels[rows])
+
+
+def test_ids_are_the_paths_of_the_used_files_and_survive_the_cache(tmp_path: Path) -> None:
+    folder = tmp_path / "labelled"
+    write_good(folder / "cat", 3)
+    write_good(folder / "dog", 2, start=3)
+    (folder / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    first = load_images(str(folder), channels=3, image_size=16)
+    expected = [f"cat/good_{i:04d}.{'png' if i % 2 else 'jpg'}" for i in range(3)]
+    expected += [f"dog/good_{i:04d}.{'png' if i % 2 else 'jpg'}" for i in range(3, 5)]
+    assert first.ids == expected  # the broken file is skipped, not listed
+    assert first.labels is not None and first.labels.tolist() == [0, 0, 0, 1, 1]
+    again = load_images(str(folder), channels=3, image_size=16)  # from the cache
+    assert again.ids == expected
+    assert first.subset(np.array([4, 0])).ids == [expected[4], expected[0]]

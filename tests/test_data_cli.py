@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from test_data import write_awkward, write_broken, write_good
 
 
@@ -31,6 +32,14 @@ def test_mixed_folder_trains_and_lists_exactly_the_broken_files(tmp_path: Path) 
     assert f"{len(broken)} files skipped" in result.stderr
     assert (tmp_path / "run" / "encoder.safetensors").exists()
     assert len(awkward) >= 8  # the awkward files were among those used, not skipped
+    # embed names every used file by its path in the folder, and no broken one
+    out = tmp_path / "h.npz"
+    env = {**os.environ, "SIMCLR_CACHE": str(tmp_path / "cache")}
+    embed = subprocess.run([sys.executable, "-m", "simclr", "embed", str(tmp_path / "run"), "--data", str(folder),
+                            "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert embed.returncode == 0, embed.stderr[-3000:]
+    ids = np.load(out)["ids"].tolist()
+    assert len(ids) == 100 + len(awkward) and "good_0000.jpg" in ids and not set(ids) & set(broken)
 
 
 def test_strict_stops_at_a_broken_file(tmp_path: Path) -> None:

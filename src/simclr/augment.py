@@ -33,8 +33,8 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) luma; 1-channel input is returned as is."""
     if x.shape[1] == 1:
         return x
-    w = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]  # channel-wise ops: a strided sum over dim 1 is slower
+    return (r * LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2])
 
 
 def random_resized_crop_flip(
@@ -74,57 +74,77 @@ def random_resized_crop_flip(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by `shift` turns per sample, keeping HSV saturation and value: the same
+    function as torchvision's RGB→HSV→RGB round trip, in closed form. With v = max, d = max −
+    min and the hue h6 in sixths of a turn, channel n (R: 5, G: 3, B: 1) is
+    v − d·clamp(min(k, 4 − k), 0, 1) with k = (n + h6) mod 6."""
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    delta = maxc - minc
-    s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, maxc], 1)
-
-
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    sel = [  # (r, g, b) for each of the six hue sectors
-        (v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q),
-    ]
-    out = torch.zeros_like(x)
-    for k, (r, g, b) in enumerate(sel):
-        m = (i == k).unsqueeze(1)
-        out = torch.where(m, torch.stack([r, g, b], 1), out)
+    v = torch.maximum(torch.maximum(r, g), b)  # elementwise: faster than a reduction over dim 1
+    d = v - torch.minimum(torch.minimum(r, g), b)
+    safe = torch.where(d > 0, d, 1.0)  # grey pixels: d = 0, the hue is irrelevant
+    h6 = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h6 = (h6 + 6 * shift.view(-1, 1, 1)).remainder_(6)  # in [0, 6)
+    out = torch.empty_like(x)
+    for channel, n in enumerate((5.0, 3.0, 1.0)):
+        k = h6 + n  # in [1, 12): (n + h6) mod 6 without a second remainder
+        k = torch.where(k >= 6, k - 6, k)
+        w = torch.minimum(k, 4 - k).clamp_(0, 1)
+        torch.addcmul(v, d, w, value=-1, out=out[:, channel])
     return out
 
 
-def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return x * f.view(-1, 1, 1, 1)
+@dataclass(frozen=True)
+class JitterParams:
+    """What one colour jitter draws per sample: factors (b, 4) for brightness, contrast,
+    saturation and hue; whether it applies (b,); the order of the four ops (b, 4)."""
+
+    factors: torch.Tensor
+    apply: torch.Tensor
+    order: torch.Tensor
 
 
-def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    f = f.view(-1, 1, 1, 1)
-    return f * x + (1 - f) * mean
+def draw_jitter(
+    b: int, strength: float, prob: float, gen: torch.Generator | None, device: torch.device
+) -> JitterParams:
+    """Brightness, contrast and saturation factors U(1 - 0.8s, 1 + 0.8s), a hue shift
+    U(-0.2s, 0.2s), applied with probability `prob`, in a uniformly random order."""
+    lo, hi = max(0.0, 1 - 0.8 * strength), 1 + 0.8 * strength
+    factors = torch.stack([
+        _uniform(lo, hi, (b,), gen, device),
+        _uniform(lo, hi, (b,), gen, device),
+        _uniform(lo, hi, (b,), gen, device),
+        _uniform(-0.2 * strength, 0.2 * strength, (b,), gen, device),
+    ], 1)
+    apply = _bernoulli(prob, b, gen, device)
+    order = torch.argsort(torch.rand(b, 4, generator=gen, device=device), dim=1)
+    return JitterParams(factors, apply, order)
 
 
-def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    f = f.view(-1, 1, 1, 1)
-    return f * x + (1 - f) * grayscale(x)
-
-
-def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    hsv = _rgb_to_hsv(x)
-    hsv[:, 0] = (hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0
-    return _hsv_to_rgb(hsv)
-
-
-_COLOR_OPS = (_brightness, _contrast, _saturation, _hue)
+def apply_jitter(x: torch.Tensor, p: JitterParams) -> torch.Tensor:
+    """Each sample's ops in its own order, each followed by clipping to [0, 1] (as the official
+    code does). Brightness, contrast and saturation are all x ← a·x + b·gray(x) + c·mean(gray(x))
+    with per-sample (a, b, c), so each of the four stages is one pass over the whole batch (the
+    samples doing something else at that stage get (1, 0, 0), which leaves them exactly as they
+    are); the hue op runs on the samples whose turn it is."""
+    f = p.factors.to(x.dtype)
+    ones, zeros = torch.ones_like(f[:, 0]), torch.zeros_like(f[:, 0])
+    n_ops = 4 if x.shape[1] == 3 else 2  # saturation and hue do nothing to a single channel
+    x = x.clone()
+    for stage in range(4):
+        op = torch.where(p.apply & (p.order[:, stage] < n_ops), p.order[:, stage], -1)  # -1: nothing
+        affine = (op >= 0) & (op <= 2)
+        if affine.any():
+            a = torch.where(affine, f.gather(1, op.clamp(0, 2).view(-1, 1)).squeeze(1), ones)
+            k_gray = torch.where(op == 2, 1 - f[:, 2], zeros).view(-1, 1, 1, 1)
+            k_mean = torch.where(op == 1, 1 - f[:, 1], zeros).view(-1, 1, 1, 1)
+            gray = grayscale(x)
+            y = torch.addcmul(k_mean * gray.mean(dim=(1, 2, 3), keepdim=True), x, a.view(-1, 1, 1, 1))
+            x = y.addcmul_(gray, k_gray).clamp_(0, 1)
+        hue = torch.nonzero(op == 3).squeeze(1)
+        if hue.numel():
+            x[hue] = _hue(x[hue], f[hue, 3]).clamp_(0, 1)
+    return x
 
 
 def color_jitter(
@@ -132,26 +152,8 @@ def color_jitter(
 ) -> torch.Tensor:
     """With probability `prob` per sample: brightness, contrast and saturation factors
     U(1 - 0.8s, 1 + 0.8s) and a hue shift U(-0.2s, 0.2s), in a random order per sample, each
-    followed by clipping to [0, 1] (as the official code does)."""
-    b, c = x.shape[:2]
-    dev = x.device
-    lo, hi = max(0.0, 1 - 0.8 * strength), 1 + 0.8 * strength
-    factors = torch.stack([
-        _uniform(lo, hi, (b,), gen, dev),
-        _uniform(lo, hi, (b,), gen, dev),
-        _uniform(lo, hi, (b,), gen, dev),
-        _uniform(-0.2 * strength, 0.2 * strength, (b,), gen, dev),
-    ], 1).to(x.dtype)  # (b, 4)
-    apply = _bernoulli(prob, b, gen, dev)
-    order = torch.argsort(torch.rand(b, 4, generator=gen, device=dev), dim=1)  # (b, 4)
-    n_ops = 4 if c == 3 else 2  # saturation and hue do nothing to a single channel
-    out = x.clone()
-    for stage in range(4):
-        for op in range(n_ops):
-            idx = torch.nonzero(apply & (order[:, stage] == op)).squeeze(1)
-            if idx.numel():
-                out[idx] = _COLOR_OPS[op](out[idx], factors[idx, op]).clamp_(0, 1)
-    return out
+    followed by clipping to [0, 1]."""
+    return apply_jitter(x, draw_jitter(x.shape[0], strength, prob, gen, x.device))
 
 
 def random_grayscale(x: torch.Tensor, prob: float, gen: torch.Generator | None) -> torch.Tensor:

@@ -116,7 +116,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     data = load_source(cfg, args.data, shape[0], shape[1])
     device = resolve_device(cfg.device)
     # Rows are identified by their index in the source's sorted order (paths are not cached yet).
-    path = embed_to_file(encoder.to(device), data.images, None, data.labels, Path(args.out), device=device)
+    path = embed_to_file(encoder.to(device), data.images, data.ids, data.labels, Path(args.out), device=device)
     log.info("wrote %d embeddings to %s", len(data), path)
 
 

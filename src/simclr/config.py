@@ -89,6 +89,9 @@ class Config:
     eval_finetune: bool = True  # fine-tune on 1% / 10% of the labels in the final evaluation
     report: bool = True  # write report.html at the end of training
     threads: int | None = None  # torch CPU threads; None: torch's default
+    # NHWC memory layout for the encoder and its inputs (faster convolutions with oneDNN and
+    # cuDNN; `make bench` measures it). Results differ from NCHW only by float rounding.
+    channels_last: bool = True
     sync_batchnorm: bool = True  # with several processes: BN statistics over the global batch
     dist_timeout_s: float = 1800.0  # collectives fail after this instead of hanging
 

@@ -128,7 +128,7 @@ def setup(cfg: Config) -> Run:
         cfg.model.encoder, train_data.channels, train_data.image_size, cfg.model.cifar_stem,
         cfg.model.proj_dim, cfg.model.head_version,
     )
-    model = model.to(device)
+    model = model.to(device).to(memory_format=layout(cfg))  # type: ignore[call-overload]
     net: nn.Module = model
     if world > 1:
         if cfg.sync_batchnorm:  # the paper's global BN: statistics over the whole global batch
@@ -146,6 +146,10 @@ def setup(cfg: Config) -> Run:
         steps_per_epoch=steps_per_epoch,
         local_batch=cfg.batch_size // world,
     )
+
+
+def layout(cfg: Config) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def train_step(
@@ -192,6 +196,7 @@ def train_one_epoch(
         start = progress.batch * cfg.batch_size + dist.rank() * run.local_batch
         x = images[order[start : start + run.local_batch]].to(run.device, non_blocking=True)
         x1, x2 = two_views(run.augment, x, aug_gen)  # (n, c, s, s) each, per-sample randomness
+        x1, x2 = x1.contiguous(memory_format=layout(cfg)), x2.contiguous(memory_format=layout(cfg))
         loss = train_step(run.net, run.optimizer, x1, x2, cfg.temperature)
         if not torch.isfinite(loss):  # all ranks agree: the gathered negatives are shared
             raise UserError(

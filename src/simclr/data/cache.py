@@ -25,7 +25,7 @@ import numpy as np
 
 log = logging.getLogger("simclr")
 
-CACHE_VERSION = 1  # bump when decoding changes what a cached image holds
+CACHE_VERSION = 2  # bump when decoding changes what a cached image holds
 COPY_ROWS = 4096  # rows copied per step when reducing channels
 
 
@@ -52,6 +52,7 @@ class Built:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     keep_channels: int | None = None  # keep only the first channels (an all-grey set: 1)
     note: str = ""  # how the size was chosen, etc.; logged again on cache hits
+    ids: list[str] | None = None  # each used row's file path within the source, when it has files
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Cached:
     skipped: list[tuple[str, str]]
     note: str
     path: Path | None  # the slot folder, or None when nothing was stored
+    ids: list[str] | None = None
 
 
 class Slot:
@@ -101,7 +103,8 @@ class Slot:
             log.debug("cache slot %s unusable (%s); rebuilding", self.folder, e)
             return None
         skipped = [(str(p), str(r)) for p, r in meta.get("skipped", [])]
-        return Cached(images, labels, meta.get("classes"), skipped, meta.get("note", ""), self.folder)
+        ids = meta.get("ids")
+        return Cached(images, labels, meta.get("classes"), skipped, meta.get("note", ""), self.folder, ids)
 
     def allocate(self, shape: tuple[int, ...]) -> np.ndarray:
         """A writable uint8 array of `shape`: a memory-mapped temporary file in the slot, or
@@ -132,7 +135,7 @@ class Slot:
         labels = built.labels[: built.count] if built.labels is not None else None
         if self.folder is None or not isinstance(built.images, np.memmap):
             return Cached(np.ascontiguousarray(rows), labels, built.classes, built.skipped,
-                          built.note, None)
+                          built.note, None, built.ids)
         try:
             final = self._finish_images(built.images, rows)
             # Map our own file before renaming it: another process building the same slot
@@ -145,15 +148,15 @@ class Slot:
             meta = {
                 "version": CACHE_VERSION, "fingerprint": self.fingerprint, "shape": list(rows.shape),
                 "labelled": labels is not None, "classes": built.classes,
-                "skipped": built.skipped, "note": built.note,
+                "skipped": built.skipped, "note": built.note, "ids": built.ids,
             }
             with self._temporary(self.folder / "meta.json") as tmp:
                 tmp.write_text(json.dumps(meta))
         except OSError as e:
             log.warning("cannot write the image cache in %s (%s); the next run decodes again",
                         self.folder, e.strerror or e)
-            return Cached(np.array(rows), labels, built.classes, built.skipped, built.note, None)
-        return Cached(images, labels, built.classes, built.skipped, built.note, self.folder)
+            return Cached(np.array(rows), labels, built.classes, built.skipped, built.note, None, built.ids)
+        return Cached(images, labels, built.classes, built.skipped, built.note, self.folder, built.ids)
 
     def cleanup(self) -> None:
         """Remove temporary files left by an unfinished build."""

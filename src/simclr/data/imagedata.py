@@ -24,6 +24,7 @@ class ImageData:
     # Files that could not be used, as (path, reason); reasons read "<kind>: <detail>".
     skipped: list[tuple[str, str]] = field(default_factory=list)
     classes: list[str] | None = None  # class names by label index, when the source names them
+    ids: list[str] | None = None  # each row's file path within the source, when it has files
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -40,7 +41,8 @@ class ImageData:
         """The rows at `index` (a copy), with the same name, classes and skipped list."""
         idx = torch.as_tensor(index, dtype=torch.long)
         labels = self.labels[idx] if self.labels is not None else None
-        return ImageData(self.images[idx], labels, self.name, list(self.skipped), self.classes)
+        ids = [self.ids[i] for i in idx.tolist()] if self.ids is not None else None
+        return ImageData(self.images[idx], labels, self.name, list(self.skipped), self.classes, ids)
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:

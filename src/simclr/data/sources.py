@@ -106,7 +106,7 @@ def load_images(
     if result.skipped:
         log.warning("%s: %s", printable(str(path)), skip_summary(result.skipped))
     labels_t = torch.from_numpy(result.labels.astype(np.int64)) if result.labels is not None else None
-    return ImageData(torch.from_numpy(result.images), labels_t, name, result.skipped, result.classes)
+    return ImageData(torch.from_numpy(result.images), labels_t, name, result.skipped, result.classes, result.ids)
 
 
 def load_array_file(path: Path) -> ImageData:
@@ -232,8 +232,9 @@ class _Context:
             if layout.labels is not None:
                 labels = np.asarray(layout.labels, dtype=np.int64)[decoded.kept]
             keep = 1 if self.channels is None and decoded.all_grey else None
+            ids = ["/".join(chosen[i].parts) for i in decoded.kept]  # paths within the source
             return slot.write(Built(decoded.images, decoded.count, labels, layout.classes,
-                                    decoded.skipped, keep, note))
+                                    decoded.skipped, keep, note, ids))
         finally:
             slot.cleanup()
 
