@@ -1,0 +1,100 @@
+"""The cross-modal contrastive loss against a loop written from its formula, and its
+distributed gather against one process with the whole batch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+
+from simclr.crossmodal import LearnedTemperature, cross_modal_loss
+
+WORLD, B, D = 2, 5, 8
+
+
+def reference(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """Term by term: cosine similarities, then -log of each positive's softmax share, both ways."""
+    n = len(a)
+
+    def cos(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return (u * v).sum() / (u.norm() * v.norm())
+
+    total = torch.zeros((), dtype=a.dtype)
+    for k in range(n):
+        denominator_a = sum(torch.exp(cos(a[k], b[j]) / tau) for j in range(n))
+        denominator_b = sum(torch.exp(cos(b[k], a[j]) / tau) for j in range(n))
+        total = total - torch.log(torch.exp(cos(a[k], b[k]) / tau) / denominator_a)
+        total = total - torch.log(torch.exp(cos(b[k], a[k]) / tau) / denominator_b)
+    return total / (2 * n)
+
+
+def pairs(seed: int = 0, n: int = WORLD * B) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D, generator=g, dtype=torch.float64), torch.randn(n, D, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.5])
+def test_value_and_gradients_equal_the_formula(tau: float) -> None:
+    a, b = pairs()
+    a1, b1 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    a2, b2 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    ours, ref = cross_modal_loss(a1, b1, tau), reference(a2, b2, tau)
+    ours.backward()
+    ref.backward()
+    assert torch.allclose(ours, ref, rtol=1e-10, atol=0)
+    assert torch.allclose(a1.grad, a2.grad, rtol=1e-8, atol=1e-12)
+    assert torch.allclose(b1.grad, b2.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_perfect_pairs_approach_zero_and_random_pairs_log_n() -> None:
+    a = torch.eye(4, dtype=torch.float64)
+    assert cross_modal_loss(a, a.clone(), 0.01).item() < 1e-20
+    # identical similarities everywhere: every softmax is uniform over the n candidates
+    same = torch.ones(6, 3, dtype=torch.float64)
+    assert cross_modal_loss(same, same, 0.5).item() == pytest.approx(math.log(6), rel=1e-12)
+
+
+def test_learned_temperature_is_clamped_and_trains() -> None:
+    t = LearnedTemperature(initial=0.07, minimum=0.01)
+    assert t().item() == pytest.approx(0.07, rel=1e-6)
+    with torch.no_grad():
+        t.log_inverse.fill_(10.0)  # 1/tau = e^10 is far beyond the clamp
+    assert t().item() == pytest.approx(0.01, rel=1e-6)
+    t = LearnedTemperature()
+    a, b = pairs()
+    cross_modal_loss(a.float(), b.float(), t()).backward()
+    assert t.log_inverse.grad is not None and t.log_inverse.grad.abs() > 0
+    with pytest.raises(ValueError, match="minimum"):
+        LearnedTemperature(initial=0.01, minimum=0.1)
+
+
+def _worker(rank: int, store: str, out: str) -> None:
+    torch_dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    a_all, b_all = pairs()
+    a = a_all[rank * B : (rank + 1) * B].clone().requires_grad_()
+    b = b_all[rank * B : (rank + 1) * B].clone().requires_grad_()
+    loss = cross_modal_loss(a, b, 0.1)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad}, f"{out}.{rank}")
+    torch_dist.destroy_process_group()
+
+
+def test_two_ranks_equal_one_process_with_the_whole_batch(tmp_path: Path) -> None:
+    out = str(tmp_path / "loss")
+    mp.spawn(_worker, args=(str(tmp_path / "store"), out), nprocs=WORLD)
+    a, b = pairs()
+    a.requires_grad_()
+    b.requires_grad_()
+    single = cross_modal_loss(a, b, 0.1, gather_distributed=False)
+    single.backward()
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
+    assert torch.allclose(sum(r["loss"] for r in ranks) / WORLD, single.detach(), rtol=1e-6, atol=0)
+    for r, got in enumerate(ranks):  # the gather's backward sums every rank's terms (see nt_xent)
+        rows = slice(r * B, (r + 1) * B)
+        assert torch.allclose(got["ga"] / WORLD, a.grad[rows], rtol=1e-6, atol=1e-12)
+        assert torch.allclose(got["gb"] / WORLD, b.grad[rows], rtol=1e-6, atol=1e-12)
