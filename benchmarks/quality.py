@@ -62,45 +62,66 @@ def main() -> None:
     parser.add_argument("--budget-min", type=float, default=15.0, help="CPU minutes per dataset, all included")
     parser.add_argument("--pretrain-share", type=float, default=0.8, help="part of the budget for pretraining")
     parser.add_argument("--only", choices=sorted(CASES), action="append")
+    parser.add_argument("--epochs", type=int, help="skip the timing and train this many epochs")
+    parser.add_argument("--collect", action="store_true", help="only rebuild the table from the run directories")
     parser.add_argument("--out", default="runs/quality")
     args = parser.parse_args()
+    names = [n for n in args.only or sorted(CASES) if Path(str(CASES[n]["data"])).exists()]
+    for name in sorted(set(args.only or CASES) - set(names)):
+        print(f"{name}: skipped, {CASES[name]['data']} is absent")
+    if not args.collect:
+        # Measure every case first, on the idle machine, so that the epochs are sized by the
+        # budget even if the machine gets busy later (that only makes the wall time longer).
+        plans = {}
+        for name in names:
+            overrides = list(CASES[name]["overrides"])  # type: ignore[call-overload]
+            if args.epochs:
+                plans[name] = (overrides, args.epochs)
+                continue
+            case = CASES[name]
+            step_s, steps_per_epoch = seconds_per_step(overrides, str(case["data"]), str(case["eval_data"]))
+            epochs = max(1, int(args.budget_min * 60 * args.pretrain_share / (step_s * steps_per_epoch)))
+            print(f"{name}: {step_s:.2f} s/step × {steps_per_epoch} steps/epoch → {epochs} epochs", flush=True)
+            plans[name] = (overrides, epochs)
+        for name, (overrides, epochs) in plans.items():
+            case = CASES[name]
+            warmup = max(0.5, round(epochs / 10, 1))  # the paper's 10 of 100 epochs, kept in proportion
+            command = [sys.executable, "-m", "simclr", "train", "--data", str(case["data"]), "--eval-data",
+                       str(case["eval_data"]), "--epochs", str(epochs), "--out", str(Path(args.out) / name),
+                       *overrides, f"optim.warmup_epochs={warmup}", "eval_finetune=false", "report=false",
+                       "eval_every=0"]
+            subprocess.run(command, check=True)
+    print_table(collect(Path(args.out), names))
+
+
+def collect(out: Path, names: list[str]) -> dict[str, dict[str, object]]:
+    """Each finished run's settings and evaluation, written to benchmarks/quality_results.json."""
     results: dict[str, dict[str, object]] = {}
-    # Measure every case first, on the idle machine, so that the epochs are sized by the budget
-    # even if the machine gets busy later (a busy machine then only makes the wall time longer).
-    plans: dict[str, tuple[list[str], float, int]] = {}
-    for name in args.only or sorted(CASES):
-        case = CASES[name]
-        if not Path(str(case["data"])).exists():
-            print(f"{name}: skipped, {case['data']} is absent")
+    for name in names:
+        run = out / name
+        if not (run / "eval.json").exists():
+            print(f"{name}: no finished run in {run}")
             continue
-        overrides = list(case["overrides"])  # type: ignore[call-overload]
-        step_s, steps_per_epoch = seconds_per_step(overrides, str(case["data"]), str(case["eval_data"]))
-        plans[name] = (overrides, step_s, steps_per_epoch)
-    for name, (overrides, step_s, steps_per_epoch) in plans.items():
-        case = CASES[name]
-        epochs = max(1, int(args.budget_min * 60 * args.pretrain_share / (step_s * steps_per_epoch)))
-        warmup = max(0.5, round(epochs / 10, 1))  # the paper's 10 of 100 epochs, kept in proportion
-        out = Path(args.out) / name
-        command = [sys.executable, "-m", "simclr", "train", "--data", str(case["data"]), "--eval-data",
-                   str(case["eval_data"]), "--epochs", str(epochs), "--out", str(out), *overrides,
-                   f"optim.warmup_epochs={warmup}", "eval_finetune=false", "report=false", "eval_every=0"]
-        print(f"{name}: {step_s:.2f} s/step × {steps_per_epoch} steps/epoch → {epochs} epochs", flush=True)
-        start = time.perf_counter()
-        subprocess.run(command, check=True)
-        wall = time.perf_counter() - start
-        evaluation = json.loads((out / "eval.json").read_text())
-        results[name] = {"epochs": epochs, "step_s": round(step_s, 3), "wall_s": round(wall),
-                         "command": " ".join(command[1:]),
+        cfg = load_config(run / "config.yaml")
+        evaluation = json.loads((run / "eval.json").read_text())
+        rates = [json.loads(line).get("img_s") for line in (run / "metrics.jsonl").read_text().splitlines()]
+        results[name] = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "encoder": cfg.model.encoder,
+                         "median_img_s": sorted(r for r in rates if r)[len(rates) // 2] if any(rates) else None,
                          **{enc: evaluation[enc] for enc in ("simclr", "random_init", "raw_pixels")}}
-    Path("benchmarks/quality_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\n| dataset | epochs | wall | encoder | linear | kNN | few_shot_5 | linear_1pct | linear_10pct |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    path = Path(__file__).with_name("quality_results.json")
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def print_table(results: dict[str, dict[str, object]]) -> None:
+    print("\n| dataset | epochs | encoder | linear | kNN | few_shot_5 | linear_1pct | linear_10pct |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         for enc in ("simclr", "random_init", "raw_pixels"):
             row = r[enc]
             assert isinstance(row, dict)
             cells = " | ".join(f"{row[m]:.4f}" for m in ("linear", "knn", "few_shot_5", "linear_1pct", "linear_10pct"))
-            print(f"| {name} | {r['epochs']} | {r['wall_s']} s | {enc} | {cells} |")
+            print(f"| {name} | {r['epochs']} | {enc} | {cells} |")
 
 
 if __name__ == "__main__":
