@@ -49,7 +49,7 @@ def test_size_takes_the_central_square(tmp_path: Path) -> None:
 def test_broken_file_is_a_user_error_naming_it(tmp_path: Path) -> None:
     bad = tmp_path / "broken.mkv"
     bad.write_bytes(b"not a video at all" * 10)
-    with pytest.raises(UserError, match="broken.mkv"):
+    with pytest.raises(UserError, match=r"broken\.mkv"):
         read_video(bad)
 
 
@@ -69,3 +69,59 @@ def test_rendered_clips_keep_the_digit_and_move_it() -> None:
     assert not np.array_equal(clip[0], clip[-1])
     clips, labels = render_clips(images, digits.target, per_class=3, frames=4, canvas=24)
     assert clips.shape == (30, 4, 24, 24) and np.bincount(labels).tolist() == [3] * 10
+
+
+def test_every_frame_of_a_clip_gets_the_same_transform_and_clips_differ() -> None:
+    import torch
+
+    from simclr.augment import ImageAugment
+    from simclr.video.augment import ClipAugment
+
+    frame = torch.randint(0, 256, (8, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    videos = frame.unsqueeze(1).expand(8, 10, 3, 16, 16).contiguous()  # 8 videos of one repeated frame
+    clips = ClipAugment(ImageAugment(size=12, blur_prob=0.5), clip_frames=4)(videos, torch.Generator().manual_seed(1))
+    assert clips.shape == (8, 4, 3, 12, 12)
+    assert torch.equal(clips, clips[:, :1].expand_as(clips))  # identical frames stay identical
+    same_video = frame[:1].expand(8, 3, 16, 16).unsqueeze(1).expand(8, 10, 3, 16, 16).contiguous()
+    views = ClipAugment(ImageAugment(size=12), clip_frames=4)(same_video, torch.Generator().manual_seed(2))
+    assert len({v[0].sum().item() for v in views}) == 8  # but each clip draws its own transform
+
+
+def test_clips_are_contiguous_runs_from_random_starts() -> None:
+    import torch
+
+    from simclr.augment import ImageAugment
+    from simclr.video.augment import ClipAugment
+
+    b, f, t = 64, 12, 5
+    videos = torch.arange(f, dtype=torch.uint8).view(1, f, 1, 1, 1).expand(b, f, 1, 4, 4) * 20  # frame i = 20i
+    identity = ImageAugment(size=4, min_scale=1.0, min_ratio=1.0, max_ratio=1.0, flip_prob=0.0,
+                            color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+    clips = ClipAugment(identity, t)(videos.contiguous(), torch.Generator().manual_seed(3))
+    index = (clips[:, :, 0, 0, 0] * 255 / 20).round().long()  # (b, t) frame numbers
+    assert torch.equal(index - index[:, :1], torch.arange(t).expand(b, t))  # consecutive frames
+    starts = index[:, 0]
+    assert starts.min() == 0 and starts.max() == f - t  # every start is possible
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "r2plus1d_18", "mc3_18"])
+def test_video_resnets_map_clips_to_features(name: str) -> None:
+    import torch
+
+    from simclr.video.encoders import VideoResNet
+
+    f = VideoResNet(name, in_channels=1)
+    assert f(torch.rand(2, 4, 1, 16, 16)).shape == (2, f.out_dim) == (2, 512)
+
+
+def test_frame_pooled_image_encoder_averages_frames() -> None:
+    import torch
+
+    from simclr.model import SmallCNN
+    from simclr.video.encoders import FramePooled
+
+    torch.manual_seed(0)
+    f = FramePooled(SmallCNN(3, width=4)).eval()
+    x = torch.rand(2, 3, 3, 8, 8)
+    expected = torch.stack([f.image_encoder(x[i]).mean(0) for i in range(2)])
+    torch.testing.assert_close(f(x), expected)

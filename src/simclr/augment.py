@@ -39,15 +39,17 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 def random_resized_crop_flip(
     x: torch.Tensor, size: int, scale: tuple[float, float], ratio: tuple[float, float],
-    flip_prob: float, gen: torch.Generator | None, attempts: int = 10,
+    flip_prob: float, gen: torch.Generator | None, attempts: int = 10, frames: int = 1,
 ) -> torch.Tensor:
     """Crop a random area fraction U(scale) with log-uniform aspect ratio, flip horizontally
     with `flip_prob`, resize to size×size (bilinear), all samples through one grid_sample.
 
     Like torchvision, up to `attempts` boxes are drawn and the first that fits is used, with
-    the whole image as the fallback. Boxes are continuous rather than whole pixels.
+    the whole image as the fallback. Boxes are continuous rather than whole pixels. With
+    `frames` > 1, each run of that many consecutive rows (the frames of one clip) shares a box.
     """
-    b, _, height, width = x.shape
+    _, _, height, width = x.shape
+    b = x.shape[0] // frames
     dev = x.device
     area = _uniform(scale[0], scale[1], (b, attempts), gen, dev)
     log_r = _uniform(math.log(ratio[0]), math.log(ratio[1]), (b, attempts), gen, dev)
@@ -70,7 +72,8 @@ def random_resized_crop_flip(
     theta[:, 0, 2] = 2 * left + w - 1
     theta[:, 1, 1] = h
     theta[:, 1, 2] = 2 * top + h - 1
-    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    theta = theta.repeat_interleave(frames, 0)
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -148,30 +151,33 @@ def apply_jitter(x: torch.Tensor, p: JitterParams) -> torch.Tensor:
 
 
 def color_jitter(
-    x: torch.Tensor, strength: float, prob: float, gen: torch.Generator | None
+    x: torch.Tensor, strength: float, prob: float, gen: torch.Generator | None, frames: int = 1
 ) -> torch.Tensor:
     """With probability `prob` per sample: brightness, contrast and saturation factors
     U(1 - 0.8s, 1 + 0.8s) and a hue shift U(-0.2s, 0.2s), in a random order per sample, each
-    followed by clipping to [0, 1]."""
-    return apply_jitter(x, draw_jitter(x.shape[0], strength, prob, gen, x.device))
+    followed by clipping to [0, 1]. Runs of `frames` rows share one draw."""
+    p = draw_jitter(x.shape[0] // frames, strength, prob, gen, x.device)
+    if frames > 1:
+        p = JitterParams(*(t.repeat_interleave(frames, 0) for t in (p.factors, p.apply, p.order)))
+    return apply_jitter(x, p)
 
 
-def random_grayscale(x: torch.Tensor, prob: float, gen: torch.Generator | None) -> torch.Tensor:
+def random_grayscale(x: torch.Tensor, prob: float, gen: torch.Generator | None, frames: int = 1) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    apply = _bernoulli(prob, x.shape[0], gen, x.device).view(-1, 1, 1, 1)
+    apply = _bernoulli(prob, x.shape[0] // frames, gen, x.device).repeat_interleave(frames).view(-1, 1, 1, 1)
     return torch.where(apply, grayscale(x).expand_as(x), x)
 
 
 def gaussian_blur(
-    x: torch.Tensor, prob: float, sigma: tuple[float, float], gen: torch.Generator | None
+    x: torch.Tensor, prob: float, sigma: tuple[float, float], gen: torch.Generator | None, frames: int = 1
 ) -> torch.Tensor:
     """With probability `prob` per sample, a Gaussian blur with sigma ~ U(sigma) pixels and a
     kernel of about 10% of the image side (odd), as in the official code."""
     b, c, height, width = x.shape
     dev = x.device
-    apply = _bernoulli(prob, b, gen, dev)
-    s = _uniform(sigma[0], sigma[1], (b,), gen, dev)
+    apply = _bernoulli(prob, b // frames, gen, dev).repeat_interleave(frames)
+    s = _uniform(sigma[0], sigma[1], (b // frames,), gen, dev).repeat_interleave(frames)
     idx = torch.nonzero(apply).squeeze(1)
     radius = max(1, height // 20)
     if idx.numel() == 0:
@@ -211,20 +217,24 @@ class ImageAugment:
     blur_sigma_min: float = 0.1
     blur_sigma_max: float = 2.0
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        """(B, C, H, W) uint8 or float in [0, 1] -> (B, C, size, size) float32 in [0, 1]."""
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None, frames: int = 1) -> torch.Tensor:
+        """(B, C, H, W) uint8 or float in [0, 1] -> (B, C, size, size) float32 in [0, 1]. With
+        `frames` > 1 the rows are clips of that many frames in a row, and every frame of a clip
+        gets the same crop, flip, colour changes and blur (one draw per clip)."""
+        if x.shape[0] % frames:
+            raise ValueError(f"{x.shape[0]} rows are not whole clips of {frames} frames")
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         x = random_resized_crop_flip(
             x, self.size, (self.min_scale, self.max_scale), (self.min_ratio, self.max_ratio),
-            self.flip_prob, gen,
+            self.flip_prob, gen, frames=frames,
         )
         x = x.clamp_(0, 1)  # bilinear resampling stays in range; this guards rounding
         if self.color_jitter_prob > 0 and self.color_jitter_strength > 0:
-            x = color_jitter(x, self.color_jitter_strength, self.color_jitter_prob, gen)
+            x = color_jitter(x, self.color_jitter_strength, self.color_jitter_prob, gen, frames)
         if self.grayscale_prob > 0:
-            x = random_grayscale(x, self.grayscale_prob, gen)
+            x = random_grayscale(x, self.grayscale_prob, gen, frames)
         if self.blur_prob > 0:
-            x = gaussian_blur(x, self.blur_prob, (self.blur_sigma_min, self.blur_sigma_max), gen)
+            x = gaussian_blur(x, self.blur_prob, (self.blur_sigma_min, self.blur_sigma_max), gen, frames)
             x = x.clamp_(0, 1)  # the float32 kernel sums to 1 only within rounding
         return x
 

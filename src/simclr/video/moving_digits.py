@@ -20,7 +20,8 @@ def bounce(start: float, velocity: float, frames: int, room: float) -> np.ndarra
         return np.zeros(frames)
     raw = start + velocity * np.arange(frames)
     folded = np.mod(raw, 2 * room)
-    return np.where(folded > room, 2 * room - folded, folded)
+    positions: np.ndarray = np.where(folded > room, 2 * room - folded, folded)
+    return positions
 
 
 def render_clip(
