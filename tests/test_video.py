@@ -125,3 +125,30 @@ def test_frame_pooled_image_encoder_averages_frames() -> None:
     x = torch.rand(2, 3, 3, 8, 8)
     expected = torch.stack([f.image_encoder(x[i]).mean(0) for i in range(2)])
     torch.testing.assert_close(f(x), expected)
+
+
+def test_video_folder_loads_labels_ids_skips_broken_and_caches(tmp_path: Path) -> None:
+    from simclr.video.data import load_videos
+
+    folder = tmp_path / "clips"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        for i in range(2):
+            write_video(folder / label / f"v{i}.mkv", random_clip(frames=5 + i, seed=i))
+    (folder / "b" / "broken.mp4").write_bytes(b"junk" * 50)
+    cache = tmp_path / "cache"
+    data = load_videos(str(folder), size=8, frames=6, cache_dir=str(cache))
+    assert data.inputs.shape == (4, 6, 3, 8, 8) and data.inputs.dtype == torch_uint8()
+    assert data.labels is not None and data.labels.tolist() == [0, 0, 1, 1] and data.classes == ["a", "b"]
+    assert data.ids == ["a/v0.mkv", "a/v1.mkv", "b/v0.mkv", "b/v1.mkv"]
+    assert [Path(p).name for p, _ in data.skipped] == ["broken.mp4"]
+    again = load_videos(str(folder), size=8, frames=6, cache_dir=str(cache))
+    assert again.ids == data.ids and np.array_equal(again.inputs.numpy(), data.inputs.numpy())
+    # a 5-frame video is looped to 6 frames: frame 5 is frame 0
+    assert np.array_equal(data.inputs[0, 5].numpy(), data.inputs[0, 0].numpy())
+
+
+def torch_uint8() -> object:
+    import torch
+
+    return torch.uint8

@@ -1,0 +1,111 @@
+"""A folder of video files (class subfolders give labels) decoded once into the cache as uint8
+clips (N, F, C, S, S) at a fixed size, frame rate and length, then memory-mapped like images."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from simclr.data.cache import Built, Slot, default_cache_dir
+from simclr.errors import UserError
+from simclr.video.io import read_video
+
+log = logging.getLogger("simclr")
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+@dataclass
+class VideoData:
+    videos: torch.Tensor  # (N, F, C, S, S) uint8
+    labels: torch.Tensor | None
+    name: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    classes: list[str] | None = None
+    ids: list[str] | None = None  # each video's path within the folder
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self.videos
+
+    def __len__(self) -> int:
+        return int(self.videos.shape[0])
+
+    def subset(self, index: np.ndarray | torch.Tensor) -> VideoData:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        labels = self.labels[idx] if self.labels is not None else None
+        ids = [self.ids[i] for i in idx.tolist()] if self.ids is not None else None
+        return VideoData(self.videos[idx], labels, self.name, list(self.skipped), self.classes, ids)
+
+
+def list_videos(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """Video files under `folder`, sorted; labels from the first-level subfolders when every
+    file is inside one."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {folder}")
+    parts = [p.relative_to(folder).parts for p in files]
+    if all(len(q) >= 2 for q in parts):
+        classes = sorted({q[0] for q in parts})
+        return files, [classes.index(q[0]) for q in parts], classes
+    return files, None, None
+
+
+def fit_frames(video: np.ndarray, frames: int) -> np.ndarray:
+    """Exactly `frames` frames: the first ones, or a short video looped from its start."""
+    if len(video) >= frames:
+        return video[:frames]
+    return video[np.arange(frames) % len(video)]
+
+
+def load_videos(
+    source: str, size: int = 64, fps: float | None = None, frames: int = 16, channels: int | None = 3,
+    cache_dir: str | None = None, strict: bool = False,
+) -> VideoData:
+    """Decode every video of a folder once (at `size` px, `fps`, `frames` frames; channels 1 or
+    3) into the cache; undecodable files are skipped with their reason, or stop the load with
+    `strict`."""
+    folder = Path(source)
+    if not folder.is_dir():
+        raise UserError(f"video data must be a folder of video files, got {source}")
+    files, labels, classes = list_videos(folder)
+    c = channels or 3
+    identity = {"kind": "video-folder", "path": os.path.abspath(folder), "size": size, "fps": fps,
+                "frames": frames, "channels": c}
+    stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    slot = Slot.for_source(root, folder.name, identity, stamps)
+    cached = slot.read()
+    if cached is None:
+        try:
+            out = slot.allocate((len(files), frames, c, size, size))
+            kept: list[int] = []
+            skipped: list[tuple[str, str]] = []
+            for i, path in enumerate(tqdm(files, desc=f"decoding {folder.name}", unit="video")):
+                try:
+                    video, _ = read_video(path, size, fps, frames, channels=c)
+                except UserError as e:
+                    if strict:
+                        raise
+                    skipped.append((str(path), f"undecodable: {e}"))
+                    continue
+                out[len(kept)] = fit_frames(video, frames)
+                kept.append(i)
+            if not kept:
+                raise UserError(f"no decodable videos in {folder} ({len(skipped)} skipped)")
+            kept_labels = np.asarray(labels, dtype=np.int64)[kept] if labels is not None else None
+            ids = [str(files[i].relative_to(folder)) for i in kept]
+            cached = slot.write(Built(out, len(kept), kept_labels, classes, skipped, ids=ids))
+        finally:
+            slot.cleanup()
+    if cached.skipped:
+        log.warning("%s: %d video file(s) skipped", folder, len(cached.skipped))
+    label_tensor = torch.from_numpy(cached.labels.astype(np.int64)) if cached.labels is not None else None
+    return VideoData(torch.from_numpy(cached.images), label_tensor, folder.name, cached.skipped, cached.classes,
+                     cached.ids)
