@@ -204,7 +204,8 @@ def evaluate_suite(
     results[encoder][metric] is a test accuracy in [0, 1], for the encoders `simclr` (the
     trained, frozen encoder), `random_init` (same architecture, seeded random weights),
     the modality's `baseline` (`raw_pixels` for images; it may add metrics of its own) and
-    `supervised` (the same architecture trained from scratch on the labelled fractions). Metrics, all on features extracted once from `train_data` and `test_data`:
+    `supervised` (the same architecture trained from scratch on the labelled fractions).
+    Metrics, all on features extracted once from `train_data` and `test_data`:
     `linear` (logistic regression on all training labels), `knn` (weighted, cosine, k ≤ knn_k,
     temperature 0.1), `few_shot_<n>` (linear probe on n labels per class), `linear_<p>pct` and
     `finetune_<p>pct` for each fraction p (class-balanced and seeded; fine-tuning trains a copy

@@ -11,8 +11,8 @@ from simclr.augment import ImageAugment
 from simclr.config import AugmentConfig, Config
 from simclr.data import ImageData, load_images
 from simclr.evaluate import raw_pixels_baseline
-from simclr.model import CIFAR_STEM_MAX_SIZE, build_encoder
 from simclr.modality import Augment, Baseline
+from simclr.model import CIFAR_STEM_MAX_SIZE, build_encoder
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -13,9 +13,9 @@ import base64
 import html
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -213,7 +213,8 @@ def build_report(
         augment = augment or ImageAugment(size=data.image_size)
         pick = torch.as_tensor(_sample(len(data), gallery_size, seed + 1))
         parts.append(f"<p>Two independent random views of each input, from {which}.</p>")
-        figure = gallery(data.subset(pick), augment, seed) if gallery else gallery_figure(data.inputs[pick], augment, seed)
+        shown = data.subset(pick)
+        figure = gallery(shown, augment, seed) if gallery else gallery_figure(shown.inputs, augment, seed)
         parts.append(_save(figure, run_dir / "augmentations.png"))
     else:
         parts.append("<p class='muted'>Needs the data.</p>")

@@ -275,8 +275,9 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     if resume_state is not None:
         progress = restore(run, resume_state, aug_gen)
     log.info("%s %s: %d training inputs (%s) %s, %s on %s × %d, global batch %d, step %d of %d",
-             "resuming" if resume_state else "run", run.out, len(images), run.modality.name, tuple(images.shape[1:]),
-             type(run.model.encoder).__name__, run.device, dist.world_size(), cfg.batch_size, progress.step, run.total_steps)
+             "resuming" if resume_state else "run", run.out, len(images), run.modality.name,
+             tuple(images.shape[1:]), type(run.model.encoder).__name__, run.device, dist.world_size(),
+             cfg.batch_size, progress.step, run.total_steps)
     metrics = run.out / "metrics.jsonl"
     if main and resume_state is not None and not metrics.exists():  # the run directory lost it
         metrics.write_text(resume_state.get("metrics", ""))
