@@ -162,3 +162,16 @@ def test_cli_end_to_end_on_racket_sports(tmp_path: Path) -> None:
     assert run("export", str(out), "--format", "safetensors", cwd=tmp_path).returncode == 0
     proc = run("export", str(out), "--format", "onnx", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "safetensors" in proc.stderr
+
+
+def test_finetune_takes_series_and_token_ids() -> None:
+    """Fine-tuning (the semi-supervised rows) feeds non-image inputs as they are, no image crops."""
+    from simclr.finetune import FinetuneSettings, finetune_accuracy
+    from simclr.text import build_text_encoder
+
+    settings = FinetuneSettings(epochs=1, min_steps=2, batch_size=4)
+    x, y = torch.randn(8, 2, 20), torch.tensor([0, 1] * 4)
+    assert 0 <= finetune_accuracy(build_series_encoder("fcn", 2, 20, width=8), x, y, x, y, settings=settings) <= 1
+    ids = torch.randint(3, 30, (8, 6))
+    text_encoder = build_text_encoder("gru", 30, 6, width=8)
+    assert 0 <= finetune_accuracy(text_encoder, ids, y, ids, y, settings=settings) <= 1

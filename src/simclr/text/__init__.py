@@ -121,7 +121,7 @@ def gallery_figure(data: TextData, augment: Augment, seed: int, shown: int = 4) 
     def decode(row: torch.Tensor) -> str:
         return str(data.tokenizer.decode([int(i) for i in row if i != 0], skip_special_tokens=False))
 
-    fig = Figure(figsize=(10, 1.9 * len(ids)), layout="constrained")
+    fig = Figure(figsize=(10, 1.2 * len(ids)), layout="constrained")
     axes = fig.subplots(len(ids), 1, squeeze=False)
     for i, ax in enumerate(axes[:, 0]):
         lines = []
