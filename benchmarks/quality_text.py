@@ -37,7 +37,7 @@ CASES = {
 }
 SETTINGS = ["text.encoder=transformer", "text.width=128", "text.layers=1", "text.max_length=64", "batch_size=128",
             "optim.name=adamw", "optim.lr=0.001", "optim.lr_scaling=none", "optim.weight_decay=0.01",
-            "temperature=0.1", "data.pretrain_on=all", "eval_finetune=false", "report=false", "eval_every=0",
+            "temperature=0.2", "data.pretrain_on=all", "eval_finetune=false", "report=false", "eval_every=0",
             "eval_few_shot=10", "threads=1", "device=cpu", "log_every=20"]
 SHOTS, DRAWS = 10, 5
 
