@@ -9,6 +9,7 @@ grouped convolution for blur), so it runs where the model runs, CPU or CUDA.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -240,7 +241,9 @@ class ImageAugment:
 
 
 def two_views(
-    augment: ImageAugment, x: torch.Tensor, gen: torch.Generator | None = None
+    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor], x: torch.Tensor,
+    gen: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent views of every sample: x1 = t(x), x2 = t'(x)."""
+    """Two independent views of every sample: x1 = t(x), x2 = t'(x). Any modality's view
+    augmentation (image, series, text) fits."""
     return augment(x, gen), augment(x, gen)

@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="pretrain an encoder (default data: scikit-learn digits)")
     train.add_argument("--config", help="a YAML recipe; flags and key=value overrides apply on top")
-    train.add_argument("--data", help="a built-in name (digits, mnist, cifar10, ...) or a path: folder, zip/tar, npz")
+    train.add_argument("--data", help="a built-in name (digits, mnist, cifar10, ...) or a path: images (folder, "
+                       "zip/tar, npz), time series (.ts, a folder of _TRAIN/_TEST .ts, numeric .csv) or text "
+                       "(.txt, .csv/.tsv/.jsonl with a text column); data.modality=... forces the kind")
     train.add_argument("--eval-data", help="a separate labelled evaluation set (default: a held-out split of --data)")
     train.add_argument("--strict", action="store_true", help="stop at the first unreadable image, don't skip it")
     train.add_argument("--epochs", type=int)
@@ -99,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     cfg, encoder, shape = load_trained_encoder(run_dir)
     cfg.eval_finetune = not args.no_finetune
-    train_data, test_data = load_datasets(cfg, args.data, args.eval_data, shape)
+    train_data, test_data = load_datasets(cfg, args.data, args.eval_data, shape, run_dir)
     if test_data is None or train_data.labels is None:
         raise UserError("evaluation needs labelled data: give --data (and --eval-data) with labels")
     device = resolve_device(cfg.device)
@@ -113,24 +115,27 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from simclr.train import resolve_device
 
     cfg, encoder, shape = load_trained_encoder(Path(args.run_dir))
-    data = load_source(cfg, args.data, shape[0], shape[1])
+    data = load_source(cfg, args.data, shape, Path(args.run_dir))
     device = resolve_device(cfg.device)
-    # Rows are identified by their index in the source's sorted order (paths are not cached yet).
-    path = embed_to_file(encoder.to(device), data.images, data.ids, data.labels, Path(args.out), device=device)
+    path = embed_to_file(encoder.to(device), data.inputs, getattr(data, "ids", None), data.labels, Path(args.out),
+                         device=device)
     log.info("wrote %d embeddings to %s", len(data), path)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from simclr.experiment import load_datasets, load_trained_encoder
+    from simclr.modality import get
     from simclr.report import build_report
-    from simclr.train import build_augment, resolve_device
+    from simclr.train import resolve_device
 
     run_dir = Path(args.run_dir)
     cfg, encoder, shape = load_trained_encoder(run_dir)
-    train_data, test_data = load_datasets(cfg, input_shape=shape)
+    modality = get(cfg.data.modality)
+    train_data, test_data = load_datasets(cfg, input_shape=shape, run_dir=run_dir)
     device = resolve_device(cfg.device)
     shown = test_data if test_data is not None else train_data
-    path = build_report(run_dir, encoder.to(device), shown, build_augment(cfg.augment, shape[1]), device, cfg.seed)
+    path = build_report(run_dir, encoder.to(device), shown, modality.build_augment(cfg, shape), device, cfg.seed,
+                        gallery=modality.gallery)
     log.info("wrote %s", path)
 
 

@@ -35,6 +35,13 @@ class DataConfig:
     cache_dir: str | None = None  # decoded-image cache; None: $SIMCLR_CACHE, else ~/.cache/simclr
     strict: bool = False  # a broken image file is an error instead of being skipped
     download: bool = False  # fetch a missing built-in dataset into `root` (never by default)
+    # image, series or text; auto: from the source (.ts / numeric CSV: series; .txt, .tsv,
+    # .jsonl / CSV with a text column: text; anything else: image). See simclr.modality.
+    modality: str = "auto"
+    # What SimCLR pretrains on: "train", the training part only; "all", the held-out inputs too,
+    # without their labels (the transductive protocol of the UCR/UEA literature: pretrain on
+    # TRAIN+TEST, probe with TRAIN labels, score on TEST). Labels are never used to pretrain.
+    pretrain_on: str = "train"
 
 
 @dataclass
@@ -69,11 +76,50 @@ class OptimConfig:
 
 
 @dataclass
+class SeriesConfig:
+    """Time series (`data.modality=series`): encoder and augmentation, all per sample."""
+
+    encoder: str = "fcn"  # fcn, resnet1d, gru, lstm, transformer
+    width: int = 128  # channels of the convolutional encoders; hidden size of the others
+    layers: int = 2  # recurrent / Transformer layers
+    bidirectional: bool = True  # gru and lstm read the series both ways
+    length: int | None = None  # None: the longest series; every series is resampled to it
+    label_column: str | None = None  # CSV: the label column's name; None: label/class/target
+    crop_min: float = 0.5  # window length ~ U(crop_min, 1) × T, resized back to T (linear)
+    jitter: float = 0.05  # additive noise std, relative to each series' channel std
+    scale: float = 0.1  # per-channel factor ~ N(1, scale)
+    magnitude_warp: float = 0.1  # smooth multiplicative curve, std of its 4 knots
+    time_warp: float = 0.1  # smooth time distortion, std of the speed at its 4 knots
+    mask_fraction: float = 0.1  # one span of this fraction of T set to the channel mean, p=0.5
+
+
+@dataclass
+class TextConfig:
+    """Text (`data.modality=text`): tokenizer, encoder and augmentation, all per sample."""
+
+    encoder: str = "transformer"  # transformer, gru, lstm (the Transformer is the faster on a CPU)
+    width: int = 128  # hidden size (and token embedding size)
+    layers: int = 1  # recurrent / Transformer layers
+    bidirectional: bool = True
+    dropout: float = 0.1  # in the encoder; two passes differ by it (SimCSE's dropout views)
+    vocab_size: int = 8000  # word pieces, learned from the corpus (Hugging Face tokenizers)
+    max_length: int = 128  # tokens kept per text
+    text_column: str | None = None  # CSV/TSV/JSONL; None: text/sentence/..., else all text columns
+    label_column: str | None = None  # None: label/class/category/target when present
+    crop_min: float = 0.6  # one span of ~U(crop_min, 1) of the tokens
+    word_dropout: float = 0.1  # each token deleted with this probability
+    mask_prob: float = 0.1  # each token replaced by [MASK]...
+    replace_prob: float = 0.05  # ...or by a random token
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    series: SeriesConfig = field(default_factory=SeriesConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     epochs: int = 100
     batch_size: int = 256
     temperature: float = 0.5
@@ -126,6 +172,25 @@ def _validate(cfg: Config) -> None:
     _check_choice("optim.lr_scaling", cfg.optim.lr_scaling, ("linear", "sqrt", "none"))
     _check_choice("data.channels", cfg.data.channels, (None, 1, 3))
     _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+    _check_choice("data.modality", cfg.data.modality, ("auto", "image", "series", "text"))
+    _check_choice("data.pretrain_on", cfg.data.pretrain_on, ("train", "all"))
+    _check_choice("series.encoder", cfg.series.encoder, ("fcn", "resnet1d", "gru", "lstm", "transformer"))
+    _check_choice("text.encoder", cfg.text.encoder, ("gru", "lstm", "transformer"))
+    s, t = cfg.series, cfg.text
+    for key, value in (("series.crop_min", s.crop_min), ("text.crop_min", t.crop_min)):
+        _check(0 < value <= 1, f"{key} must be in (0, 1], got {value}")
+    for key, value in (("series.mask_fraction", s.mask_fraction), ("text.word_dropout", t.word_dropout),
+                       ("text.mask_prob", t.mask_prob), ("text.replace_prob", t.replace_prob),
+                       ("text.dropout", t.dropout)):
+        _check(0 <= value < 1, f"{key} must be in [0, 1), got {value}")
+    for key, value in (("series.jitter", s.jitter), ("series.scale", s.scale),
+                       ("series.magnitude_warp", s.magnitude_warp), ("series.time_warp", s.time_warp)):
+        _check(value >= 0, f"{key} must be >= 0, got {value}")
+    for key, n in (("series.width", s.width), ("series.layers", s.layers), ("text.width", t.width),
+                   ("text.layers", t.layers), ("text.max_length", t.max_length)):
+        _check(n >= 1, f"{key} must be at least 1, got {n}")
+    _check(s.length is None or s.length >= 4, f"series.length must be at least 4, got {s.length}")
+    _check(t.vocab_size >= 100, f"text.vocab_size must be at least 100, got {t.vocab_size}")
 
 
 def load_config(

@@ -26,7 +26,6 @@ from torch import nn
 from tqdm import tqdm
 
 from simclr import dist
-from simclr.data import ImageData
 from simclr.errors import UserError
 from simclr.finetune import FinetuneSettings, finetune_accuracy
 
@@ -40,15 +39,16 @@ def extract_features(
     encoder: nn.Module, images: torch.Tensor, batch_size: int = 512,
     device: torch.device | str = "cpu", progress: str | None = None,
 ) -> torch.Tensor:
-    """h = f(x) for uint8 images (N, C, H, W), encoder in eval mode; its training mode is
-    restored afterwards and no parameter or buffer is touched. `progress` names a tqdm bar."""
+    """h = f(x) for a batch of inputs (uint8 images (N, C, H, W) are scaled to [0, 1]; series
+    and token ids go in as they are), encoder in eval mode; its training mode is restored
+    afterwards and no parameter or buffer is touched. `progress` names a tqdm bar."""
     was_training = encoder.training
     encoder.eval()
     feats = []
     starts = range(0, len(images), batch_size)
     try:
         for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True):
-            x = images[start : start + batch_size].to(device).float() / 255
+            x = to_model_input(images[start : start + batch_size].to(device))
             feats.append(encoder(x).float().cpu())
     finally:
         encoder.train(was_training)
@@ -57,19 +57,25 @@ def extract_features(
     return torch.cat(feats)
 
 
+def to_model_input(x: torch.Tensor) -> torch.Tensor:
+    """What an encoder takes: uint8 pixels become floats in [0, 1]; other inputs (float
+    series, int64 token ids) are already in the encoder's form."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
 def extract_features_sharded(
-    encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: torch.device | str = "cpu",
+    encoder: nn.Module, inputs: torch.Tensor, batch_size: int = 512, device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """`extract_features` split across the ranks of a process group: every rank must call it;
-    each encodes its contiguous share of the N images and every rank gets all N features, in
+    each encodes its contiguous share of the N inputs and every rank gets all N features, in
     order. Without a process group it is `extract_features`."""
     world = dist.world_size()
-    if world == 1 or len(images) == 0:
-        return extract_features(encoder, images, batch_size, device)
-    share = -(-len(images) // world)  # ceil: equal shares, the last rank repeats the last image
-    rows = torch.arange(dist.rank() * share, (dist.rank() + 1) * share).clamp(max=len(images) - 1)
-    local = extract_features(encoder, images[rows], batch_size, device)
-    return dist.all_gather_rows(local)[: len(images)]
+    if world == 1 or len(inputs) == 0:
+        return extract_features(encoder, inputs, batch_size, device)
+    share = -(-len(inputs) // world)  # ceil: equal shares, the last rank repeats the last input
+    rows = torch.arange(dist.rank() * share, (dist.rank() + 1) * share).clamp(max=len(inputs) - 1)
+    local = extract_features(encoder, inputs[rows], batch_size, device)
+    return dist.all_gather_rows(local)[: len(inputs)]
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +164,30 @@ def raw_pixels(images: torch.Tensor) -> torch.Tensor:
     return images.float().flatten(1) / 255
 
 
+def feature_metrics(
+    xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor,
+    subsets: dict[str, np.ndarray], k: int, seed: int,
+) -> dict[str, float]:
+    """The frozen-feature metrics: linear probe on all labels, weighted kNN, and a linear probe
+    on each labelled subset."""
+    row = {
+        "linear": linear_probe(xtr.numpy(), ytr.numpy(), xte.numpy(), yte.numpy(), seed),
+        "knn": knn_accuracy(xtr, ytr, xte, yte, k=k),
+    }
+    for metric, idx in subsets.items():
+        row[metric] = linear_probe(xtr[idx].numpy(), ytr[idx].numpy(), xte.numpy(), yte.numpy(), seed)
+    return row
+
+
+def raw_pixels_baseline(
+    train: Any, test: Any, subsets: dict[str, np.ndarray], k: int, seed: int
+) -> tuple[str, dict[str, float]]:
+    """The image baseline: the frozen-feature metrics on the raw pixels."""
+    assert train.labels is not None and test.labels is not None
+    ytr, yte = train.labels.long().cpu(), test.labels.long().cpu()
+    return "raw_pixels", feature_metrics(raw_pixels(train.inputs), ytr, raw_pixels(test.inputs), yte, subsets, k, seed)
+
+
 def knn_monitor(
     encoder: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
     test_images: torch.Tensor, test_labels: torch.Tensor, device: torch.device | str = "cpu",
@@ -180,18 +210,20 @@ def seeded(make: Callable[[], nn.Module], seed: int) -> nn.Module:
 
 
 def evaluate_suite(
-    encoder: nn.Module, make_random_encoder: Callable[[], nn.Module], train_data: ImageData,
-    test_data: ImageData, device: torch.device | str = "cpu", seed: int = 0, few_shot: int = 5,
+    encoder: nn.Module, make_random_encoder: Callable[[], nn.Module], train_data: Any,
+    test_data: Any, device: torch.device | str = "cpu", seed: int = 0, few_shot: int = 5,
     knn_k: int = 200, fractions: Sequence[float] = (0.01, 0.1), finetune: bool = True,
     finetune_settings: FinetuneSettings | None = None, batch_size: int = 512,
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    baseline: Callable[..., tuple[str, dict[str, float]]] = raw_pixels_baseline,
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
     """The full evaluation of one trained encoder; returns results and notes.
 
     results[encoder][metric] is a test accuracy in [0, 1], for the encoders `simclr` (the
     trained, frozen encoder), `random_init` (same architecture, seeded random weights),
-    `raw_pixels` and `supervised` (the same architecture trained from scratch on the labelled
-    fractions). Metrics, all on features extracted once from `train_data` and `test_data`:
+    the modality's `baseline` (`raw_pixels` for images; it may add metrics of its own) and
+    `supervised` (the same architecture trained from scratch on the labelled fractions).
+    Metrics, all on features extracted once from `train_data` and `test_data`:
     `linear` (logistic regression on all training labels), `knn` (weighted, cosine, k ≤ knn_k,
     temperature 0.1), `few_shot_<n>` (linear probe on n labels per class), `linear_<p>pct` and
     `finetune_<p>pct` for each fraction p (class-balanced and seeded; fine-tuning trains a copy
@@ -205,7 +237,7 @@ def evaluate_suite(
     then come from `seeded(make_random_encoder, seed)`, as here.
     """
     if train_data.labels is None or test_data.labels is None:
-        raise UserError("evaluation needs labels for both the training and the test images")
+        raise UserError("evaluation needs labels for both the training and the test data")
     ytr, yte = train_data.labels.long().cpu(), test_data.labels.long().cpu()
     notes: list[str] = []
     k = min(knn_k, len(ytr))
@@ -223,19 +255,16 @@ def evaluate_suite(
     random_encoder = seeded(make_random_encoder, seed).to(device)
     if features is None:
         features = frozen_features({"simclr": encoder, "random_init": random_encoder},
-                                   train_data.images, test_data.images, batch_size, device)
-    features = {**features, "raw_pixels": (raw_pixels(train_data.images), raw_pixels(test_data.images))}
+                                   train_data.inputs, test_data.inputs, batch_size, device)
 
     results: dict[str, dict[str, float]] = {}
-    for name in ("simclr", "random_init", "raw_pixels"):
+    for name in ("simclr", "random_init"):
         xtr, xte = features[name]
         log.info("evaluating %s: linear probe, kNN, label fractions", name)
-        row = dict(nan_row)
-        row["linear"] = linear_probe(xtr.numpy(), ytr.numpy(), xte.numpy(), yte.numpy(), seed)
-        row["knn"] = knn_accuracy(xtr, ytr, xte, yte, k=k)
-        for metric, idx in subsets.items():
-            row[metric] = linear_probe(xtr[idx].numpy(), ytr[idx].numpy(), xte.numpy(), yte.numpy(), seed)
-        results[name] = row
+        results[name] = {**nan_row, **feature_metrics(xtr, ytr, xte, yte, subsets, k, seed)}
+    name, row = baseline(train_data, test_data, subsets, k, seed)
+    log.info("evaluated the %s baseline", name)
+    results[name] = {**nan_row, **row}
     results["supervised"] = dict(nan_row)
     for fraction in fractions if finetune else ():
         labelled = torch.as_tensor(subsets[f"linear_{fraction_name(fraction)}"])
@@ -243,20 +272,21 @@ def evaluate_suite(
         for name, init in (("simclr", encoder), ("supervised", random_encoder)):
             log.info("fine-tuning %s on %d labels (%s)", name, len(labelled), metric)
             results[name][metric] = finetune_accuracy(
-                init, train_data.images[labelled], ytr[labelled], test_data.images, yte, device, seed, tune,
+                init, train_data.inputs[labelled], ytr[labelled], test_data.inputs, yte, device, seed, tune,
             )
-    return results, notes
+    metrics = list(dict.fromkeys(m for row in results.values() for m in row))  # a baseline's own metrics too
+    return {name: {m: row.get(m, math.nan) for m in metrics} for name, row in results.items()}, notes
 
 
 def frozen_features(
-    encoders: dict[str, nn.Module], train_images: torch.Tensor, test_images: torch.Tensor,
+    encoders: dict[str, nn.Module], train_inputs: torch.Tensor, test_inputs: torch.Tensor,
     batch_size: int = 512, device: torch.device | str = "cpu",
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(train, test) features of each named encoder; under a process group every rank must call
     it, encodes its share, and gets all the features."""
     return {
-        name: (extract_features_sharded(f, train_images, batch_size, device),
-               extract_features_sharded(f, test_images, batch_size, device))
+        name: (extract_features_sharded(f, train_inputs, batch_size, device),
+               extract_features_sharded(f, test_inputs, batch_size, device))
         for name, f in encoders.items()
     }
 

@@ -30,6 +30,12 @@ def export_encoder(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
     `safetensors`, or `onnx` (input `x` (B, C, H, W) floats in [0, 1], output `h`, dynamic batch;
     needs the `onnx` extra)."""
     weights, state = encoder_state(run_dir)
+    modality = str(state.get("modality", "image"))
+    if modality != "image" and fmt != "safetensors":
+        raise UserError(
+            f"--format {fmt} is for image encoders; a {modality} encoder exports as --format safetensors "
+            "(rebuild it with simclr.experiment.load_trained_encoder)"
+        )
     if fmt == "torchvision":
         out = out or run_dir / "encoder.pt"
         atomic_write(out, lambda p: torch.save(weights, p))

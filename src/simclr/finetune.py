@@ -4,7 +4,9 @@ The SimCLR paper (Chen et al. 2020, arXiv:2002.05709, section 6 and appendix B.5
 the pretrained network on 1% and 10% of the labels and compares it with the same architecture
 trained from scratch on those labels alone; SimCLRv2 (arXiv:2006.10029) does the same. Here
 the recipe is shrunk to run on a CPU: SGD with Nesterov momentum, cosine decay per step, and
-only random resized crops and flips as augmentation (as the paper's fine-tuning does).
+only random resized crops and flips as augmentation (as the paper's fine-tuning does) for
+images; series and text are fine-tuned on their inputs as they are (their encoders' dropout
+is the only noise), since crops and flips are image operations.
 The passed-in encoder is deep-copied and never touched.
 """
 
@@ -62,7 +64,8 @@ class Classifier(nn.Module):
 
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    """uint8 pixels to [0, 1]; series and token ids are already the encoder's input."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x
 
 
 def finetune(
@@ -87,10 +90,11 @@ def finetune(
         [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=s.lr, momentum=s.momentum, nesterov=True,
     )
+    is_image = images.dtype == torch.uint8
     augment = ImageAugment(
         size=int(images.shape[-1]), min_scale=s.min_scale, flip_prob=s.flip_prob,
         color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
-    )
+    ) if is_image else None
     order_gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
     batch, total = min(s.batch_size, n), s.steps(n)
@@ -102,7 +106,8 @@ def finetune(
         for group in optimizer.param_groups:
             group["lr"] = 0.5 * s.lr * (1 + math.cos(math.pi * step / total))
         idx = stream[step * batch : (step + 1) * batch]
-        x = augment(images[idx].to(device), aug_gen)  # (b, c, s, s)
+        x = images[idx].to(device)
+        x = augment(x, aug_gen) if augment is not None else _to_unit(x)  # (b, c, s, s) for images
         loss = F.cross_entropy(model(x), labels[idx].to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning loss is {loss.item()} at step {step}; lower the learning rate")

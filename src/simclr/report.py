@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from simclr.augment import ImageAugment
-from simclr.data import ImageData
 from simclr.evaluate import extract_features, load_eval
 
 log = logging.getLogger("simclr")
@@ -125,7 +125,9 @@ def _show(ax: Any, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def gallery_figure(images: torch.Tensor, augment: ImageAugment, seed: int) -> Figure:
+def gallery_figure(
+    images: torch.Tensor, augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor], seed: int
+) -> Figure:
     """Each column: an input x above its two independently augmented views t(x) and t'(x)."""
     gen = torch.Generator().manual_seed(seed)
     x1, x2 = augment(images, gen), augment(images, gen)  # (n, c, s, s) each
@@ -158,17 +160,19 @@ def _sample(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def build_report(
-    run_dir: Path, encoder: nn.Module | None = None, data: ImageData | None = None,
-    augment: ImageAugment | None = None, device: torch.device | str = "cpu", seed: int = 0,
-    max_points: int = 2000, gallery_size: int = 8,
+    run_dir: Path, encoder: nn.Module | None = None, data: Any | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu", seed: int = 0, max_points: int = 2000, gallery_size: int = 8,
+    gallery: Callable[[Any, Any, int], Figure] | None = None,
 ) -> Path:
     """Write RUN_DIR/report.html (and its PNGs beside it) and return its path.
 
     From the run directory: config.yaml, eval.json and metrics.jsonl, each optional. With an
     `encoder` and `data`: a t-SNE map of h for up to `max_points` inputs (a seeded sample),
     coloured by label when `data` has labels. With `data`: `gallery_size` inputs next to two
-    views from `augment` (the run's augmentation; the paper's defaults if None). The encoder's
-    weights, buffers and mode are not changed.
+    views from `augment` (the run's augmentation; the paper's defaults if None), drawn by
+    `gallery(data_subset, augment, seed)` (the modality's picture: images, plotted series, text
+    spans; image tiles if None). The encoder's weights, buffers and mode are not changed.
     """
     run_dir = Path(run_dir)
     for name in FIGURES:  # a rebuild never shows a stale figure
@@ -194,7 +198,7 @@ def build_report(
     parts.append("<h2>Embedding map</h2>")
     if encoder is not None and data is not None and len(data) >= 5:
         rows = torch.as_tensor(_sample(len(data), max_points, seed))
-        h = extract_features(encoder, data.images[rows], device=device).numpy()
+        h = extract_features(encoder, data.inputs[rows], device=device).numpy()
         labels = data.labels[rows].numpy() if data.labels is not None else None
         classes = data.classes
         parts.append(_save(embedding_map_figure(h, labels, classes, seed), run_dir / "embedding_map.png"))
@@ -209,7 +213,9 @@ def build_report(
         augment = augment or ImageAugment(size=data.image_size)
         pick = torch.as_tensor(_sample(len(data), gallery_size, seed + 1))
         parts.append(f"<p>Two independent random views of each input, from {which}.</p>")
-        parts.append(_save(gallery_figure(data.images[pick], augment, seed), run_dir / "augmentations.png"))
+        shown = data.subset(pick)
+        figure = gallery(shown, augment, seed) if gallery else gallery_figure(shown.inputs, augment, seed)
+        parts.append(_save(figure, run_dir / "augmentations.png"))
     else:
         parts.append("<p class='muted'>Needs the data.</p>")
 

@@ -1,5 +1,8 @@
 """Pretraining: data → two augmented views → encoder f → head g → NT-Xent → optimizer.
 
+The same loop for every modality (simclr.modality): images, time series and text differ only in
+how they are loaded, augmented and encoded.
+
 One process or many: under torchrun every rank takes its slice of each global batch, the loss
 sees the negatives of all ranks, BatchNorm is synchronized, and rank 0 writes everything.
 """
@@ -18,17 +21,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from simclr import dist
-from simclr.augment import ImageAugment, two_views
+from simclr.augment import two_views
 from simclr.checkpoint import restore_rng, rng_state, save_encoder, save_training_checkpoint
-from simclr.config import AugmentConfig, Config, save_config
-from simclr.data import ImageData
+from simclr.config import Config, save_config
 from simclr.errors import UserError
 from simclr.evaluate import knn_monitor
-from simclr.experiment import evaluate_encoder, gather_eval_features, load_datasets
+from simclr.experiment import evaluate_encoder, gather_eval_features, input_shape_of, load_datasets
 from simclr.global_bn import to_global_batchnorm
+from simclr.image import build_augment  # noqa: F401 - its home before modalities; kept importable here
 from simclr.loss import nt_xent
 from simclr.metrics import MetricsLogger
-from simclr.model import CIFAR_STEM_MAX_SIZE, SimCLR, build_model
+from simclr.modality import Augment, Modality, get, resolve
+from simclr.model import SimCLR, build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr
 from simclr.report import build_report
 from simclr.signals import SignalGuard
@@ -44,23 +48,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available")
     return torch.device(name)
-
-
-def build_augment(cfg: AugmentConfig, image_size: int) -> ImageAugment:
-    """The paper's recipe, or its CIFAR variant (colour strength 0.5, no blur) for small images."""
-    recipe = cfg.recipe
-    if recipe == "auto":
-        recipe = "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
-    strength, blur = (0.5, 0.0) if recipe == "cifar" else (1.0, 0.5)
-    return ImageAugment(
-        size=image_size,
-        min_scale=cfg.min_scale,
-        flip_prob=cfg.flip_prob,
-        color_jitter_strength=strength if cfg.color_jitter_strength is None else cfg.color_jitter_strength,
-        color_jitter_prob=cfg.color_jitter_prob,
-        grayscale_prob=cfg.grayscale_prob,
-        blur_prob=blur if cfg.blur_prob is None else cfg.blur_prob,
-    )
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -95,17 +82,20 @@ class Run:
     cfg: Config
     out: Path
     device: torch.device
-    train_data: ImageData  # pretraining images (their labels, if any, only for evaluation)
-    test_data: ImageData | None  # labelled held-out images for evaluation, if there are labels
+    modality: Modality
+    train_data: Any  # pretraining inputs (their labels, if any, only for evaluation); simclr.modality.Data
+    test_data: Any | None  # labelled held-out inputs for evaluation, if there are labels
+    inputs: torch.Tensor  # what SimCLR pretrains on: train_data's, plus test_data's with data.pretrain_on=all
     model: SimCLR  # the bare network: what checkpoints hold
     net: nn.Module  # what the loop calls: `model`, or its DistributedDataParallel wrapper
-    augment: ImageAugment
+    augment: Augment
     optimizer: torch.optim.Optimizer
     peak_lr: float
     total_steps: int
     warmup_steps: int
     steps_per_epoch: int
     local_batch: int  # this rank's share of the global batch
+    channels_last: bool  # NHWC inputs and weights (image encoders)
 
 
 def setup(cfg: Config) -> Run:
@@ -117,18 +107,21 @@ def setup(cfg: Config) -> Run:
     world = dist.world_size()
     if cfg.batch_size % world:
         raise UserError(f"batch_size {cfg.batch_size} (the global batch) must divide by the {world} ranks")
+    modality = get(resolve(cfg))
     train_data, test_data = load_datasets(cfg)  # before the run directory: bad --data leaves nothing
+    inputs = train_data.inputs
+    if cfg.data.pretrain_on == "all" and test_data is not None:  # held-out inputs, never their labels
+        inputs = torch.cat([inputs, test_data.inputs])
     out = make_run_dir(cfg)
-    if len(train_data) < cfg.batch_size:
+    if len(inputs) < cfg.batch_size:
         raise UserError(
-            f"{len(train_data)} training images is fewer than one batch ({cfg.batch_size}); "
-            "lower batch_size or add data"
+            f"{len(inputs)} training inputs is fewer than one batch ({cfg.batch_size}); lower batch_size or add data"
         )
-    model = build_model(
-        cfg.model.encoder, train_data.channels, train_data.image_size, cfg.model.cifar_stem,
-        cfg.model.proj_dim, cfg.model.head_version,
-    )
-    model = model.to(device).to(memory_format=layout(cfg))  # type: ignore[call-overload]
+    shape = input_shape_of(train_data)
+    encoder = modality.build_encoder(cfg, shape, train_data)
+    model = build_model(encoder, proj_dim=cfg.model.proj_dim, head_version=cfg.model.head_version).to(device)
+    if nhwc(cfg, shape):
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net: nn.Module = model
     if world > 1:
         if cfg.sync_batchnorm:  # the paper's global BN: statistics over the whole global batch
@@ -137,19 +130,21 @@ def setup(cfg: Config) -> Run:
     check_free_space(out, model, cfg.keep_checkpoints)
     peak_lr = scaled_lr(cfg.optim.lr, cfg.batch_size, cfg.optim.lr_scaling)  # scaled by the global batch
     optimizer = build_optimizer(model, cfg.optim.name, peak_lr, cfg.optim.weight_decay, cfg.optim.momentum)
-    steps_per_epoch = len(train_data) // cfg.batch_size  # drop the last partial batch
+    steps_per_epoch = len(inputs) // cfg.batch_size  # drop the last partial batch
     return Run(
-        cfg, out, device, train_data, test_data, model, net,
-        build_augment(cfg.augment, train_data.image_size), optimizer, peak_lr,
+        cfg, out, device, modality, train_data, test_data, inputs, model, net,
+        modality.build_augment(cfg, shape), optimizer, peak_lr,
         total_steps=steps_per_epoch * cfg.epochs,
         warmup_steps=round(steps_per_epoch * cfg.optim.warmup_epochs),
         steps_per_epoch=steps_per_epoch,
         local_batch=cfg.batch_size // world,
+        channels_last=nhwc(cfg, shape),
     )
 
 
-def layout(cfg: Config) -> torch.memory_format:
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+def nhwc(cfg: Config, input_shape: list[int]) -> bool:
+    """channels_last applies to image encoders: inputs (C, H, W), 4-D weights."""
+    return cfg.channels_last and len(input_shape) == 3
 
 
 def train_step(
@@ -195,8 +190,9 @@ def train_one_epoch(
             group["lr"] = lr
         start = progress.batch * cfg.batch_size + dist.rank() * run.local_batch
         x = images[order[start : start + run.local_batch]].to(run.device, non_blocking=True)
-        x1, x2 = two_views(run.augment, x, aug_gen)  # (n, c, s, s) each, per-sample randomness
-        x1, x2 = x1.contiguous(memory_format=layout(cfg)), x2.contiguous(memory_format=layout(cfg))
+        x1, x2 = two_views(run.augment, x, aug_gen)  # (n, ...) each, per-sample randomness
+        if run.channels_last:
+            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
         loss = train_step(run.net, run.optimizer, x1, x2, cfg.temperature)
         if not torch.isfinite(loss):  # all ranks agree: the gathered negatives are shared
             raise UserError(
@@ -240,7 +236,8 @@ def monitor_knn(run: Run, images: torch.Tensor) -> float:
     train, test = run.train_data, run.test_data
     assert test is not None and train.labels is not None and test.labels is not None
     encoder, k = run.model.encoder, run.cfg.eval_knn_k
-    return knn_monitor(encoder, images, train.labels, test.images, test.labels, run.device, k)
+    # The labelled training inputs are the first len(train) rows of what the loop trains on.
+    return knn_monitor(encoder, images[: len(train)], train.labels, test.inputs, test.labels, run.device, k)
 
 
 def save(run: Run, progress: Progress, aug_gen: torch.Generator) -> None:
@@ -254,7 +251,8 @@ def save(run: Run, progress: Progress, aug_gen: torch.Generator) -> None:
         "progress": {"epoch": progress.epoch, "batch": progress.batch, "step": progress.step},
         "epoch_order_state": progress.epoch_order_state,
         "rng": rng_state(aug_states),
-        "input_shape": list(run.train_data.images.shape[1:]),  # (C, H, W) the encoder expects
+        "input_shape": input_shape_of(run.train_data),  # (C, H, W), (C, T) or (L,): what the encoder takes
+        "modality": run.modality.name,
         "metrics": (run.out / "metrics.jsonl").read_text() if (run.out / "metrics.jsonl").exists() else "",
     }
     save_training_checkpoint(run.out, state, run.cfg)
@@ -282,7 +280,8 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         (run.out / "skipped_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
         if skipped:
             log.warning("skipped %d unreadable file(s), listed in %s", len(skipped), run.out / "skipped_files.txt")
-    images = run.train_data.images
+        run.modality.save_artifacts(run.train_data, run.out)  # e.g. the tokenizer, beside the weights
+    images = run.inputs
     if cfg.data.device_resident:
         images = images.to(run.device)  # uint8 stays small; augmentation converts on device
     order_gen = torch.Generator().manual_seed(cfg.seed)
@@ -290,9 +289,10 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     progress = Progress(epoch_order_state=order_gen.get_state())
     if resume_state is not None:
         progress = restore(run, resume_state, aug_gen)
-    log.info("%s %s: %d training images %s, %s on %s × %d, global batch %d, step %d of %d",
-             "resuming" if resume_state else "run", run.out, len(images), tuple(images.shape[1:]),
-             cfg.model.encoder, run.device, dist.world_size(), cfg.batch_size, progress.step, run.total_steps)
+    log.info("%s %s: %d training inputs (%s) %s, %s on %s × %d, global batch %d, step %d of %d",
+             "resuming" if resume_state else "run", run.out, len(images), run.modality.name,
+             tuple(images.shape[1:]), type(run.model.encoder).__name__, run.device, dist.world_size(),
+             cfg.batch_size, progress.step, run.total_steps)
     metrics = run.out / "metrics.jsonl"
     if main and resume_state is not None and not metrics.exists():  # the run directory lost it
         metrics.write_text(resume_state.get("metrics", ""))
@@ -324,6 +324,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         )
     if cfg.report:
         shown = run.test_data if run.test_data is not None else run.train_data
-        build_report(run.out, run.model.encoder, shown, run.augment, run.device, cfg.seed)
+        build_report(run.out, run.model.encoder, shown, run.augment, run.device, cfg.seed,
+                     gallery=run.modality.gallery)
         log.info("report: %s", run.out / "report.html")
     return run.out, results

@@ -30,6 +30,11 @@ class ImageData:
         return int(self.images.shape[0])
 
     @property
+    def inputs(self) -> torch.Tensor:
+        """The images, under the name every modality's data shares (simclr.modality.Data)."""
+        return self.images
+
+    @property
     def channels(self) -> int:
         return int(self.images.shape[1])
 

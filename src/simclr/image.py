@@ -1,0 +1,71 @@
+"""The image modality: the paper's own case (Chen et al. 2020, arXiv:2002.05709)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from simclr.augment import ImageAugment
+from simclr.config import AugmentConfig, Config
+from simclr.data import ImageData, load_images
+from simclr.evaluate import raw_pixels_baseline
+from simclr.modality import Augment, Baseline
+from simclr.model import CIFAR_STEM_MAX_SIZE, build_encoder
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def build_augment(cfg: AugmentConfig, image_size: int) -> ImageAugment:
+    """The paper's recipe, or its CIFAR variant (colour strength 0.5, no blur) for small images."""
+    recipe = cfg.recipe
+    if recipe == "auto":
+        recipe = "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
+    strength, blur = (0.5, 0.0) if recipe == "cifar" else (1.0, 0.5)
+    return ImageAugment(
+        size=image_size,
+        min_scale=cfg.min_scale,
+        flip_prob=cfg.flip_prob,
+        color_jitter_strength=strength if cfg.color_jitter_strength is None else cfg.color_jitter_strength,
+        color_jitter_prob=cfg.color_jitter_prob,
+        grayscale_prob=cfg.grayscale_prob,
+        blur_prob=blur if cfg.blur_prob is None else cfg.blur_prob,
+    )
+
+
+class ImageModality:
+    name = "image"
+
+    def load(
+        self, cfg: Config, source: str, input_shape: list[int] | None, run_dir: Path | None, like: Any | None = None
+    ) -> tuple[ImageData, None]:
+        d = cfg.data
+        if like is not None:
+            input_shape = [like.channels, like.image_size]
+        channels, size = (input_shape[0], input_shape[1]) if input_shape else (d.channels, d.image_size)
+        data = load_images(
+            source, channels, size, cache_dir=d.cache_dir, strict=d.strict, root=d.root, allow_download=d.download
+        )
+        return data, None
+
+    def build_augment(self, cfg: Config, input_shape: list[int]) -> Augment:
+        return build_augment(cfg.augment, input_shape[-1])
+
+    def build_encoder(self, cfg: Config, input_shape: list[int], data: Any | None = None) -> nn.Module:
+        return build_encoder(cfg.model.encoder, input_shape[0], input_shape[-1], cfg.model.cifar_stem)
+
+    def baseline(self, cfg: Config) -> Baseline:
+        return raw_pixels_baseline
+
+    def gallery(self, data: Any, augment: Augment, seed: int) -> Figure:
+        from simclr.report import gallery_figure
+
+        return gallery_figure(data.inputs, augment, seed)  # type: ignore[arg-type]
+
+    def save_artifacts(self, data: Any, out: Path) -> None:
+        """Images need nothing beside the encoder's weights."""
+
+
+MODALITY = ImageModality()

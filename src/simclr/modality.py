@@ -1,0 +1,122 @@
+"""The modality seam: what differs between images, time series and text.
+
+SimCLR itself (Chen et al. 2020, arXiv:2002.05709) is the same for every kind of input: two
+random views of each sample, an encoder f, a projection head g and the NT-Xent loss. A modality
+contributes only the parts that depend on the input:
+
+    load            --data  -> (pretraining/probe data, official test split or None); a trained
+                    run's input shape and directory, or data already loaded (`like`), fix the
+                    encoding (image size, series length, tokenizer) a second source must share
+    build_augment   one random view t(x) of a batch, per sample, on the device
+    build_encoder   f: a batch of inputs -> h (B, d), with an integer `out_dim`
+    baseline        the label-using baseline row of the evaluation (raw pixels, 1-NN, TF-IDF)
+    gallery         the report's picture of view pairs
+    save_artifacts  what the encoder needs beside its weights (the text tokenizer)
+
+The training loop, loss, evaluation, checkpoints and CLI are shared. This module is a leaf: the
+modalities themselves are imported lazily, so an image run never imports a tokenizer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from simclr.errors import UserError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from simclr.config import Config
+
+
+class Data(Protocol):
+    """What every modality's data set offers the shared code. `inputs` is one tensor whose
+    first axis is the sample: uint8 images (N, C, H, W), float series (N, C, T) or int64
+    token ids (N, L); its dtype tells feature extraction how to feed the encoder."""
+
+    @property
+    def inputs(self) -> torch.Tensor: ...
+    labels: torch.Tensor | None
+    name: str
+    skipped: list[tuple[str, str]]
+    classes: list[str] | None
+
+    def __len__(self) -> int: ...
+    def subset(self, index: np.ndarray | torch.Tensor) -> Any: ...
+
+
+Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+# (train, test, labelled subsets by metric name, kNN k, seed) -> (row name, metric -> accuracy)
+Baseline = Callable[[Any, Any, dict[str, np.ndarray], int, int], tuple[str, dict[str, float]]]
+
+
+class Modality(Protocol):
+    name: str
+
+    def load(
+        self, cfg: Config, source: str, input_shape: list[int] | None, run_dir: Path | None, like: Any | None = None
+    ) -> tuple[Any, Any | None]: ...
+    def build_augment(self, cfg: Config, input_shape: list[int]) -> Augment: ...
+    def build_encoder(self, cfg: Config, input_shape: list[int], data: Any | None = None) -> nn.Module: ...
+    def baseline(self, cfg: Config) -> Baseline: ...
+    def gallery(self, data: Any, augment: Augment, seed: int) -> Figure: ...
+    def save_artifacts(self, data: Any, out: Path) -> None: ...
+
+
+NAMES = ("image", "series", "text")
+_MODULES = {"image": "simclr.image", "series": "simclr.series", "text": "simclr.text"}
+
+SERIES_SUFFIXES = (".ts",)
+TEXT_SUFFIXES = (".txt", ".jsonl", ".tsv")
+
+
+def _numeric(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return field.strip() in ("", "?", "nan", "NaN")
+    return True
+
+
+def detect(source: str) -> str:
+    """The modality of a `--data` value from its extension, or for CSV from its content:
+    `.ts` (or a folder of them) is a time series; `.txt`, `.tsv`, `.jsonl` are text; a CSV
+    whose data fields are numbers (apart from an `id`/`label` column) is a series, else text;
+    everything else (built-in names, image folders and archives, arrays) is an image source.
+    An `.npz` of series needs `data.modality=series` (its shape alone is ambiguous)."""
+    path = Path(source.split(":")[0]) if ":" in source and not Path(source).exists() else Path(source)
+    suffix = path.suffix.lower()
+    if suffix in SERIES_SUFFIXES or (path.is_dir() and any(path.glob("*.ts"))):
+        return "series"
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    if suffix == ".csv" and path.is_file():
+        import csv
+
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            rows = [row for _, row in zip(range(6), csv.reader(f), strict=False)]
+        body = rows[1:] if len(rows) > 1 else rows
+        fields = [v for row in body for v in row[1:-1]] or [v for row in body for v in row]
+        return "series" if fields and all(_numeric(v) for v in fields) else "text"
+    return "image"
+
+
+def resolve(cfg: Config, source: str | None = None) -> str:
+    """`data.modality`, or the one detected from the source when it is `auto`."""
+    name = cfg.data.modality
+    return detect(source or cfg.data.source) if name == "auto" else name
+
+
+def get(name: str) -> Modality:
+    if name not in _MODULES:
+        raise UserError(f"unknown modality {name!r} (choose from {', '.join(NAMES)})")
+    module = importlib.import_module(_MODULES[name])
+    modality: Modality = module.MODALITY
+    return modality

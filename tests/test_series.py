@@ -1,0 +1,177 @@
+"""Time series: readers, resampling, augmentation (shapes, per-sample randomness, seeds),
+encoders, the 1-NN baseline, modality detection, and one end-to-end CLI run on real data."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import KNeighborsClassifier
+
+from simclr.cli import main
+from simclr.errors import UserError
+from simclr.modality import detect
+from simclr.series import SeriesAugment, build_series_encoder, load_series, nearest_neighbour_accuracy
+from simclr.series.data import read_csv, read_ts, resample
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucr_uea_ts"
+
+TS_HEADER = "# a comment\n@problemName Toy\n@timeStamps false\n@univariate {uni}\n@classLabel true a b\n@data\n"
+
+
+def write_ts(path: Path, rows: list[str], univariate: bool = True) -> Path:
+    path.write_text(TS_HEADER.format(uni=str(univariate).lower()) + "\n".join(rows) + "\n")
+    return path
+
+
+def test_read_ts_multivariate_unequal_missing(tmp_path: Path) -> None:
+    path = write_ts(tmp_path / "x.ts", ["1,2,3,4:5,6,7,8:a", "1,?,3:0,0,0:b", "2,4,6,8,10,12:1,1,1,1,1,1:a"], False)
+    series, labels = read_ts(path)
+    assert labels == ["a", "b", "a"] and [s.shape for s in series] == [(2, 4), (2, 3), (2, 6)]
+    x = resample(series, 6)  # unequal lengths: every series resampled to the longest
+    assert x.shape == (3, 2, 6) and x.dtype == np.float32
+    assert np.allclose(x[1, 0], np.linspace(1, 3, 6))  # "?" interpolated, then stretched
+    assert np.allclose(x[0, 0], np.linspace(1, 4, 6))
+
+
+def test_folder_pair_shares_classes_in_numeric_order(tmp_path: Path) -> None:
+    write_ts(tmp_path / "Toy_TRAIN.ts", ["1,2,3:10", "3,2,1:2", "1,1,1:10"])
+    write_ts(tmp_path / "Toy_TEST.ts", ["1,2,3,4,5:2"])
+    assert detect(str(tmp_path)) == "series"
+    data, test = load_series(str(tmp_path))
+    assert test is not None and data.classes == ["2", "10"] and data.inputs.shape == (3, 1, 5)
+    assert data.labels is not None and data.labels.tolist() == [1, 0, 1]
+    assert test.labels is not None and test.labels.tolist() == [0]
+
+
+def test_npz_and_csv_sources(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "s.npz", x_train=rng.normal(size=(4, 3, 9)), y_train=[0, 1, 0, 1],
+             x_test=rng.normal(size=(2, 3, 9)), y_test=[1, 0])
+    data, test = load_series(str(tmp_path / "s.npz"))
+    assert data.inputs.shape == (4, 3, 9) and test is not None and test.inputs.shape == (2, 3, 9)
+    (tmp_path / "wide.csv").write_text("label,v1,v2,v3\ncat,1,2,3\ndog,3,2,1\n")
+    assert detect(str(tmp_path / "wide.csv")) == "series"
+    series, labels = read_csv(tmp_path / "wide.csv", None)
+    assert labels == ["cat", "dog"] and series[0].tolist() == [[1, 2, 3]]
+    (tmp_path / "long.csv").write_text("id,time,x,y,label\n1,1,5,6,u\n1,0,1,2,u\n2,0,0,0,v\n2,1,1,1,v\n2,2,2,2,v\n")
+    series, labels = read_csv(tmp_path / "long.csv", None)
+    assert labels == ["u", "v"] and series[0].tolist() == [[1, 5], [2, 6]]  # sorted by time, (C, T)
+    assert series[1].shape == (2, 3)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("@data\n1,x,3:a\n", "not a number"),
+    ("1,2,3\n", "no @data"),
+])
+def test_bad_ts_is_one_line_error(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "bad.ts").write_text("@classLabel true a\n" + content if "@data" in content else content)
+    with pytest.raises(UserError, match=message) as e:
+        load_series(str(tmp_path / "bad.ts"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="not found"):
+        load_series(str(tmp_path / "missing.ts"))
+
+
+def test_detect() -> None:
+    assert detect("x.ts") == "series" and detect("digits") == "image" and detect("notes.txt") == "text"
+    assert detect("photos.zip") == "image" and detect("x.jsonl") == "text"
+
+
+def test_augment_shapes_randomness_and_seeds() -> None:
+    x = torch.sin(torch.linspace(0, 6, 50)).repeat(8, 3, 1)  # 8 identical series (8, 3, 50)
+    augment = SeriesAugment()
+    v = augment(x, torch.Generator().manual_seed(0))
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    assert not torch.allclose(v[0], v[1])  # every sample draws its own parameters
+    assert torch.equal(v, augment(x, torch.Generator().manual_seed(0)))  # seeded: reproducible
+    gen = torch.Generator().manual_seed(0)
+    assert not torch.allclose(augment(x, gen), augment(x, gen))  # the two views differ
+    off = SeriesAugment(crop_min=1.0, jitter=0, scale=0, magnitude_warp=0, time_warp=0, mask_fraction=0)
+    assert torch.allclose(off(x, gen), x, atol=1e-5)  # everything off: the identity
+
+
+def test_crop_is_a_stretched_window_and_mask_uses_the_mean() -> None:
+    x = torch.arange(100.0).view(1, 1, 100).repeat(16, 1, 1)
+    crop = SeriesAugment(crop_min=0.5, jitter=0, scale=0, magnitude_warp=0, time_warp=0, mask_fraction=0)
+    v = crop(x, torch.Generator().manual_seed(1))
+    span = v[:, 0, -1] - v[:, 0, 0]
+    assert (span >= 49.4).all() and (span <= 99.01).all()  # a window of 50%..100% of the series
+    assert (v.diff(dim=2) > 0).all()  # still increasing: no reordering of time
+    mask = SeriesAugment(crop_min=1.0, jitter=0, scale=0, magnitude_warp=0, time_warp=0, mask_fraction=0.2,
+                         mask_prob=1.0)
+    m = mask(x, torch.Generator().manual_seed(2))
+    assert ((m - 49.5).abs() < 1e-4).sum(dim=2).min() == 20  # a span of 20 steps at the mean
+
+
+@pytest.mark.parametrize("name", ["fcn", "resnet1d", "gru", "lstm", "transformer"])
+def test_encoders(name: str) -> None:
+    data = 5 + 3 * torch.randn(6, 2, 40)
+    f = build_series_encoder(name, 2, 40, width=16, layers=1, data=data)
+    h = f(data)
+    assert h.shape == (6, f.out_dim)
+    assert torch.allclose(f.norm.mean.flatten(), data.mean((0, 2)), atol=1e-5)  # statistics travel as buffers
+    assert "norm.mean" in f.state_dict()
+
+
+def test_nearest_neighbour_matches_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    xtr, xte = rng.normal(size=(30, 2, 7)), rng.normal(size=(20, 2, 7))
+    ytr, yte = rng.integers(0, 3, 30), rng.integers(0, 3, 20)
+    ref = KNeighborsClassifier(1).fit(xtr.reshape(30, -1), ytr).score(xte.reshape(20, -1), yte)
+    got = nearest_neighbour_accuracy(*(torch.as_tensor(a) for a in (xtr, ytr, xte, yte)))
+    assert got == pytest.approx(ref)
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`simclr ARGS` in this process (test_cli.py covers the subprocess path): seconds, not tens."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, "", err.getvalue())
+
+
+def test_cli_end_to_end_on_racket_sports(tmp_path: Path) -> None:
+    source = SHARED / "RacketSports"
+    if not source.is_dir():
+        pytest.skip(f"{source} is absent (the shared UCR/UEA data sets)")
+    out = tmp_path / "run"
+    proc = run("train", "--data", str(source), "--epochs", "1", "--batch-size", "64", "--out", str(out),
+               "series.width=16", "data.pretrain_on=all", "threads=1", "device=cpu", "eval_finetune=false",
+               "report=false", "eval_knn_k=5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["modality"] == "series" and state["input_shape"] == [6, 30]
+    assert state["progress"]["step"] == (151 + 152) // 64  # TRAIN+TEST pretrained on
+    results = json.loads((out / "eval.json").read_text())
+    assert results["raw_series"]["nn1_euclidean"] == pytest.approx(0.8224, abs=1e-4)  # the archive's figure
+    assert 0.25 < results["simclr"]["linear"] <= 1
+    assert run("eval", str(out), "--no-finetune", cwd=tmp_path).returncode == 0
+    proc = run("embed", str(out), "--data", str(source / "RacketSports_TEST.ts"), "--out", str(tmp_path / "h.npz"),
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.load(tmp_path / "h.npz")["embeddings"].shape == (152, 16)
+    assert run("report", str(out), cwd=tmp_path).returncode == 0
+    assert (out / "augmentations.png").stat().st_size > 0
+    assert run("export", str(out), "--format", "safetensors", cwd=tmp_path).returncode == 0
+    proc = run("export", str(out), "--format", "onnx", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "safetensors" in proc.stderr
+
+
+def test_finetune_takes_series_and_token_ids() -> None:
+    """Fine-tuning (the semi-supervised rows) feeds non-image inputs as they are, no image crops."""
+    from simclr.finetune import FinetuneSettings, finetune_accuracy
+    from simclr.text import build_text_encoder
+
+    settings = FinetuneSettings(epochs=1, min_steps=2, batch_size=4)
+    x, y = torch.randn(8, 2, 20), torch.tensor([0, 1] * 4)
+    assert 0 <= finetune_accuracy(build_series_encoder("fcn", 2, 20, width=8), x, y, x, y, settings=settings) <= 1
+    ids = torch.randint(3, 30, (8, 6))
+    text_encoder = build_text_encoder("gru", 30, 6, width=8)
+    assert 0 <= finetune_accuracy(text_encoder, ids, y, ids, y, settings=settings) <= 1
