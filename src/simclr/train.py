@@ -305,7 +305,9 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     save_encoder(run.out / "encoder.safetensors", run.model.encoder)
     results = None
     if run.test_data is not None and run.train_data.labels is not None:
-        results = evaluate_encoder(cfg, run.model.encoder, run.train_data, run.test_data, run.device, run.out)
+        results = evaluate_encoder(
+            cfg, run.model.encoder, run.train_data, run.test_data, run.device, run.out, run.model.head
+        )
     if cfg.report:
         shown = run.test_data if run.test_data is not None else run.train_data
         build_report(run.out, run.model.encoder, shown, run.augment, run.device, cfg.seed)

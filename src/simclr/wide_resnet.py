@@ -55,7 +55,8 @@ class SelectiveKernel(nn.Module):
         u = u.view(b, 2, -1, height, width)  # (B, 2, c, H, W): the two halves of the channels
         s = u.sum(1).mean((2, 3), keepdim=True)  # (B, c, 1, 1): global context of both paths
         a = self.mix(s).view(b, 2, -1, 1, 1).softmax(1)  # (B, 2, c, 1, 1): per-channel path weights
-        return (u * a).sum(1)  # (B, c, H, W)
+        mixed: torch.Tensor = (u * a).sum(1)  # (B, c, H, W)
+        return mixed
 
 
 def shortcut(c_in: int, c_out: int, stride: int, resnet_d: bool) -> nn.Module:
@@ -81,7 +82,9 @@ class Block(nn.Module):
         self.residual = nn.Sequential(*layers)
         # The last BN's scale starts at zero, so each block starts as the identity (SimCLR's code,
         # "init_zero"): deep and wide networks train stably at large learning rates.
-        nn.init.zeros_(layers[-1].weight)
+        last_bn = layers[-1]
+        assert isinstance(last_bn, nn.BatchNorm2d)
+        nn.init.zeros_(last_bn.weight)
         self.shortcut = shortcut(c_in, c_out, stride, resnet_d=sk)
         self.out_channels = c_out
 
@@ -125,7 +128,8 @@ class WideResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x)).mean((2, 3))  # (B, out_dim)
+        h: torch.Tensor = self.stages(self.stem(x)).mean((2, 3))  # (B, out_dim)
+        return h
 
 
 def _names() -> dict[str, Callable[[int, int, bool], nn.Module]]:
