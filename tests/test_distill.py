@@ -1,5 +1,6 @@
 """SimCLRv2's distillation: the loss against a written-out reference, a frozen teacher, and a
-student smaller than its teacher trained end to end through `simclr distill`."""
+student smaller than its teacher trained end to end through `simclr distill`; and `simclr eval`
+fine-tuning from the first layer of a trained v2 head."""
 
 from __future__ import annotations
 
@@ -116,3 +117,12 @@ def test_a_smaller_student_distills_end_to_end(v2_run: Path) -> None:
 def test_distill_rejects_an_unknown_student(v2_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["distill", str(v2_run), "--data", "digits", "--student", "resnet9000"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown student encoder 'resnet9000'")
+
+
+def test_eval_fine_tunes_from_h_and_from_the_first_head_layer(v2_run: Path) -> None:
+    code = main(["eval", str(v2_run), "--data", str(v2_run.parent / "labelled.npz"), "eval_finetune_from=[h,head1]"])
+    assert code == 0
+    data = json.loads((v2_run / "eval.json").read_text())
+    for metric in ("finetune_1pct", "finetune_head1_1pct", "finetune_10pct", "finetune_head1_10pct"):
+        assert 0 <= data["simclr"][metric] <= 1
+    assert 0 <= data["supervised"]["finetune_10pct"] <= 1 and data["supervised"]["finetune_head1_10pct"] is None
