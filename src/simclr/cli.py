@@ -163,6 +163,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
+    import torch
+
     from simclr.distill import distill_experiment, teacher_layer
     from simclr.experiment import load_datasets, load_source, load_trained_encoder, load_trained_head
     from simclr.metrics import format_table
@@ -184,6 +186,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
     same = args.data == cfg.data.source or Path(args.data).resolve() == Path(cfg.data.source).resolve()
     unlabeled = train_data if own_split and same else load_source(cfg, args.data, *shape[:2])
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     head = load_trained_head(run_dir, cfg, encoder) if teacher_layer(cfg) != "h" else None
     out = Path(args.out) if args.out else run_dir / f"distill-{student}"
     results = distill_experiment(cfg, encoder.to(device), head, train_data, test_data, unlabeled.images, student,
