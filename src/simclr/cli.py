@@ -7,9 +7,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simclr.errors import UserError
+
+if TYPE_CHECKING:
+    from simclr.config import Config
 
 log = logging.getLogger("simclr")
 
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="labelled data (default: the run's own data and held-out split)")
     evaluate.add_argument("--eval-data", help="a separate labelled test set; --data (or the run's) trains the probes")
     evaluate.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning rows (faster)")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. eval_finetune_from=[h,head1]")
 
     embed = sub.add_parser("embed", help="write the representation h of every input to an .npz")
     embed.add_argument("run_dir", metavar="RUN_DIR")
@@ -52,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild RUN_DIR/report.html")
     report.add_argument("run_dir", metavar="RUN_DIR")
+
+    distill = sub.add_parser(
+        "distill", help="SimCLRv2 self-training: a fine-tuned teacher labels unlabelled data for a student"
+    )
+    distill.add_argument("run_dir", metavar="RUN_DIR")
+    distill.add_argument("--data", required=True, help="the unlabelled images (labels, if any, are not used)")
+    distill.add_argument("--student", help="the student's encoder (default: the run's own: self-training)")
+    distill.add_argument("--labeled-data", help="labelled data for the teacher (default: the run's own split)")
+    distill.add_argument("--eval-data", help="a separate labelled test set")
+    distill.add_argument("--out", help="output directory (default RUN_DIR/distill-<student>)")
+    distill.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. distill.epochs=5")
 
     export = sub.add_parser("export", help="write the trained encoder's weights for use elsewhere")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -93,19 +108,32 @@ def cmd_train(args: argparse.Namespace) -> None:
         log.info("held-out evaluation (%s):\n%s", out / "eval.json", format_table(results))
 
 
+def with_overrides(saved: Config, overrides: list[str], run_dir: Path) -> Config:
+    """A trained run's config with evaluation settings changed; its model cannot change."""
+    from simclr.config import changed_keys, load_config
+
+    cfg = load_config(None, overrides, base=saved)
+    changed = changed_keys(saved, cfg, ("model",))
+    if changed:
+        raise UserError(f"{run_dir} was trained with its own {', '.join(changed)}; it cannot change now")
+    return cfg
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
-    from simclr.experiment import evaluate_encoder, load_datasets, load_trained_encoder
+    from simclr.experiment import evaluate_encoder, load_datasets, load_trained_encoder, load_trained_head
     from simclr.metrics import format_table
     from simclr.train import resolve_device
 
     run_dir = Path(args.run_dir)
     cfg, encoder, shape = load_trained_encoder(run_dir)
     cfg.eval_finetune = not args.no_finetune
+    cfg = with_overrides(cfg, args.overrides, run_dir)  # e.g. eval_finetune_from=[h,head1]
     train_data, test_data = load_datasets(cfg, args.data, args.eval_data, shape, run_dir)
     if test_data is None or train_data.labels is None:
         raise UserError("evaluation needs labelled data: give --data (and --eval-data) with labels")
     device = resolve_device(cfg.device)
-    results = evaluate_encoder(cfg, encoder.to(device), train_data, test_data, device, run_dir)
+    head = load_trained_head(run_dir, cfg, encoder) if cfg.eval_finetune_from != ["h"] else None
+    results = evaluate_encoder(cfg, encoder.to(device), train_data, test_data, device, run_dir, head=head)
     log.info("evaluation (%s):\n%s", run_dir / "eval.json", format_table(results))
 
 
@@ -139,6 +167,41 @@ def cmd_report(args: argparse.Namespace) -> None:
     log.info("wrote %s", path)
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    import torch
+
+    from simclr.distill import distill_experiment, teacher_layer
+    from simclr.experiment import load_datasets, load_source, load_trained_encoder, load_trained_head
+    from simclr.metrics import format_table
+    from simclr.model import ENCODERS
+    from simclr.train import resolve_device
+
+    run_dir = Path(args.run_dir)
+    cfg, encoder, shape = load_trained_encoder(run_dir)
+    cfg = with_overrides(cfg, args.overrides, run_dir)
+    if cfg.data.modality != "image":
+        raise UserError(f"simclr distill is for image runs; {run_dir} was trained on {cfg.data.modality}")
+    student = args.student or cfg.model.encoder
+    if student not in ENCODERS:
+        raise UserError(f"unknown student encoder {student!r} (choose from {', '.join(sorted(ENCODERS))})")
+    train_data, test_data = load_datasets(cfg, args.labeled_data, args.eval_data, shape, run_dir)
+    if test_data is None or train_data.labels is None:
+        raise UserError("distillation needs labelled data for the teacher: give --labeled-data (and --eval-data)")
+    # The run's own source, split for evaluation: only its training part may serve as unlabelled
+    # data, else the student would learn the teacher's answers on the test images.
+    own_split = args.labeled_data is None and args.eval_data is None and cfg.data.eval_source is None
+    same = args.data == cfg.data.source or Path(args.data).resolve() == Path(cfg.data.source).resolve()
+    unlabeled = train_data if own_split and same else load_source(cfg, args.data, shape, run_dir)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    head = load_trained_head(run_dir, cfg, encoder) if teacher_layer(cfg) != "h" else None
+    out = Path(args.out) if args.out else run_dir / f"distill-{student}"
+    results = distill_experiment(cfg, encoder.to(device), head, train_data, test_data, unlabeled.images, student,
+                                 device, out)
+    log.info("distillation (%s):\n%s", out / "eval.json", format_table(results))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from simclr.export import export_encoder
 
@@ -146,7 +209,23 @@ def cmd_export(args: argparse.Namespace) -> None:
     log.info("wrote %s", path)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "embed": cmd_embed, "report": cmd_report, "export": cmd_export}
+COMMANDS = {
+    "train": cmd_train, "eval": cmd_eval, "embed": cmd_embed, "report": cmd_report, "export": cmd_export,
+    "distill": cmd_distill,
+}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; key=value overrides may come after options that follow RUN_DIR
+    (argparse alone would take them as one positional group with RUN_DIR)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = os.environ.get("RANK", "0") != "0"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
         COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

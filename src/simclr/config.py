@@ -113,6 +113,22 @@ class TextConfig:
 
 
 @dataclass
+class DistillConfig:
+    """`simclr distill` (SimCLRv2 section 2): the command first fine-tunes the run's network on a
+    fraction of the labels (the teacher), then trains a new student network on the teacher's
+    softened predictions for unlabelled images."""
+
+    label_fraction: float = 0.1  # the teacher's labels: this class-balanced, seeded fraction
+    teacher_from: str = "auto"  # h or head<k>; auto: head1 for head_version 2 (SimCLRv2), else h
+    temperature: float = 1.0  # τ of both softmaxes in the distillation loss (SimCLRv2 uses 1)
+    labeled_weight: float = 0.0  # w in (1 − w)·L_distill + w·L_labelled (SimCLRv2's 1 − α)
+    epochs: int = 10  # passes over the unlabelled images
+    batch_size: int = 128
+    lr: float = 0.1  # peak, SGD with Nesterov momentum, cosine decay per step
+    weight_decay: float = 5e-4
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -133,6 +149,10 @@ class Config:
     eval_few_shot: int = 5
     eval_every: int = 10  # epochs between kNN monitor values (needs labels; 0: off)
     eval_finetune: bool = True  # fine-tune on 1% / 10% of the labels in the final evaluation
+    # Where fine-tuning starts: h (the encoder's output) and/or head<k>, the encoder plus the
+    # first k layers of the trained projection head (SimCLRv2 fine-tunes from head1).
+    eval_finetune_from: list[str] = field(default_factory=lambda: ["h"])
+    distill: DistillConfig = field(default_factory=DistillConfig)
     report: bool = True  # write report.html at the end of training
     threads: int | None = None  # torch CPU threads; None: torch's default
     # NHWC memory layout for the encoder and its inputs (faster convolutions with oneDNN and
@@ -191,6 +211,29 @@ def _validate(cfg: Config) -> None:
         _check(n >= 1, f"{key} must be at least 1, got {n}")
     _check(s.length is None or s.length >= 4, f"series.length must be at least 4, got {s.length}")
     _check(t.vocab_size >= 100, f"text.vocab_size must be at least 100, got {t.vocab_size}")
+    _validate_v2(cfg)
+
+
+def finetune_layers(head_version: int) -> tuple[str, ...]:
+    """Where fine-tuning may start: h, or after any but the last layer of the projection head."""
+    from simclr.model import head_depth
+
+    return ("h", *(f"head{k}" for k in range(1, head_depth(head_version))))
+
+
+def _validate_v2(cfg: Config) -> None:
+    layers = finetune_layers(cfg.model.head_version)
+    _check(len(cfg.eval_finetune_from) > 0, "eval_finetune_from needs at least one layer, e.g. [h]")
+    for layer in cfg.eval_finetune_from:
+        _check_choice(f"eval_finetune_from (head version {cfg.model.head_version})", layer, layers)
+    d = cfg.distill
+    _check_choice(f"distill.teacher_from (head version {cfg.model.head_version})", d.teacher_from, ("auto", *layers))
+    _check(0 < d.label_fraction <= 1, f"distill.label_fraction must be in (0, 1], got {d.label_fraction}")
+    _check(d.temperature > 0, f"distill.temperature must be positive, got {d.temperature}")
+    _check(0 <= d.labeled_weight <= 1, f"distill.labeled_weight must be in [0, 1], got {d.labeled_weight}")
+    _check(d.epochs >= 1, f"distill.epochs must be at least 1, got {d.epochs}")
+    _check(d.batch_size >= 2, f"distill.batch_size must be at least 2, got {d.batch_size}")
+    _check(d.lr > 0, f"distill.lr must be positive, got {d.lr}")
 
 
 def load_config(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,11 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
 def fraction_name(fraction: float) -> str:
     """0.01 -> '1pct', 0.1 -> '10pct' (the suffix of the `linear_*` and `finetune_*` metrics)."""
     return f"{fraction * 100:g}pct"
+
+
+def finetune_metric(layer: str, fraction: float) -> str:
+    """finetune_10pct for fine-tuning from h, finetune_head1_10pct from the head's first layer."""
+    return f"finetune_{fraction_name(fraction)}" if layer == "h" else f"finetune_{layer}_{fraction_name(fraction)}"
 
 
 def fraction_subset(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, str | None]:
@@ -216,6 +221,7 @@ def evaluate_suite(
     finetune_settings: FinetuneSettings | None = None, batch_size: int = 512,
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     baseline: Callable[..., tuple[str, dict[str, float]]] = raw_pixels_baseline,
+    finetune_from: Mapping[str, nn.Module] | None = None,
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
     """The full evaluation of one trained encoder; returns results and notes.
 
@@ -235,6 +241,10 @@ def evaluate_suite(
     `features` may hold the (train, test) features of `simclr` and `random_init` already
     extracted, e.g. by every rank of a process group (`frozen_features`); `random_init` must
     then come from `seeded(make_random_encoder, seed)`, as here.
+    `finetune_from` names the networks fine-tuning starts from, by layer: "h" is `encoder`
+    (metrics `finetune_<p>pct`); any other name, such as "head1" for the encoder plus the first
+    layer of its projection head (SimCLRv2), gives metrics `finetune_<name>_<p>pct`. Default:
+    h only. The `supervised` baseline always starts from h.
     """
     if train_data.labels is None or test_data.labels is None:
         raise UserError("evaluation needs labels for both the training and the test data")
@@ -249,7 +259,8 @@ def evaluate_suite(
         if note:
             notes.append(note)
     tune = finetune_settings or FinetuneSettings()
-    finetune_names = [f"finetune_{fraction_name(f)}" for f in fractions]
+    starts = dict(finetune_from) if finetune_from is not None else {"h": encoder}
+    finetune_names = [finetune_metric(layer, f) for f in fractions for layer in dict.fromkeys(["h", *starts])]
     nan_row = dict.fromkeys(["linear", "knn", *subsets, *finetune_names], math.nan)  # metric order
 
     random_encoder = seeded(make_random_encoder, seed).to(device)
@@ -268,8 +279,9 @@ def evaluate_suite(
     results["supervised"] = dict(nan_row)
     for fraction in fractions if finetune else ():
         labelled = torch.as_tensor(subsets[f"linear_{fraction_name(fraction)}"])
-        metric = f"finetune_{fraction_name(fraction)}"
-        for name, init in (("simclr", encoder), ("supervised", random_encoder)):
+        runs = [("simclr", layer, init) for layer, init in starts.items()] + [("supervised", "h", random_encoder)]
+        for name, layer, init in runs:
+            metric = finetune_metric(layer, fraction)
             log.info("fine-tuning %s on %d labels (%s)", name, len(labelled), metric)
             results[name][metric] = finetune_accuracy(
                 init, train_data.inputs[labelled], ytr[labelled], test_data.inputs, yte, device, seed, tune,

@@ -11,12 +11,14 @@ import torch
 from torch import nn
 
 from simclr import dist
+from simclr.checkpoint import load_checkpoint
 from simclr.config import Config, from_dict
 from simclr.errors import UserError
 from simclr.evaluate import evaluate_suite, frozen_features, save_eval, seeded, stratified_split
 from simclr.export import encoder_state
 from simclr.finetune import FinetuneSettings
 from simclr.modality import get, resolve
+from simclr.model import ProjectionHead, feature_dim, head_layers
 
 log = logging.getLogger("simclr")
 
@@ -94,17 +96,47 @@ def gather_eval_features(
                            device=device)
 
 
+def load_trained_head(run_dir: Path, cfg: Config, encoder: nn.Module) -> ProjectionHead:
+    """The projection head g of a run's last checkpoint (checkpoint.pt holds the whole SimCLR
+    network; only the encoder is exported)."""
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    weights = {k.removeprefix("head."): v for k, v in state["model"].items() if k.startswith("head.")}
+    head = ProjectionHead(feature_dim(encoder), cfg.model.proj_dim, cfg.model.head_version)
+    try:
+        head.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"{run_dir / 'checkpoint.pt'}: the projection head does not fit: {first}") from None
+    return head
+
+
+def finetune_starts(encoder: nn.Module, head: ProjectionHead | None, layers: list[str]) -> dict[str, nn.Module]:
+    """The networks fine-tuning starts from, by layer: h is the encoder, head<k> the encoder
+    followed by the first k layers of the trained head (SimCLRv2, section 2)."""
+    starts: dict[str, nn.Module] = {}
+    for layer in layers:
+        if layer == "h":
+            starts[layer] = encoder
+        elif head is None:
+            raise UserError(f"fine-tuning from {layer} needs the run's trained projection head")
+        else:
+            starts[layer] = nn.Sequential(encoder, head_layers(head, int(layer.removeprefix("head"))))
+    return starts
+
+
 def evaluate_encoder(
     cfg: Config, encoder: nn.Module, train_data: Any, test_data: Any, device: torch.device, out: Path,
-    features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, head: ProjectionHead | None = None,
 ) -> dict[str, dict[str, float]]:
     """The evaluation suite for a trained encoder against its baselines; writes eval.json.
-    `features`: from `gather_eval_features`, when the ranks of a process group extracted them."""
+    `features`: from `gather_eval_features`, when the ranks of a process group extracted them;
+    `head`, the trained projection head, is needed to fine-tune from a head layer."""
     results, notes = evaluate_suite(
         encoder, random_encoder_maker(cfg, train_data), train_data, test_data, device, cfg.seed, cfg.eval_few_shot,
         cfg.eval_knn_k, finetune=cfg.eval_finetune,
         finetune_settings=FinetuneSettings(flip_prob=cfg.augment.flip_prob),
         features=features, baseline=get(resolve(cfg)).baseline(cfg),
+        finetune_from=finetune_starts(encoder, head, cfg.eval_finetune_from) if cfg.eval_finetune else None,
     )
     save_eval(out / "eval.json", results, notes)
     for note in notes:

@@ -67,10 +67,12 @@ class MetricsLogger:
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """Encoders as rows, metrics as columns; missing or NaN cells shown as '-'."""
     metrics = list(dict.fromkeys(m for row in results.values() for m in row))
-    lines = [f"{'encoder':<12}" + "".join(f"{m:>15}" for m in metrics)]
+    widths = {m: max(15, len(m) + 1) for m in metrics}  # long names (finetune_head1_10pct) stay apart
+    lines = [f"{'encoder':<12}" + "".join(f"{m:>{widths[m]}}" for m in metrics)]
     for name, row in results.items():
         cells = (
-            f"{row[m]:>15.4f}" if m in row and row[m] is not None and not math.isnan(row[m]) else f"{'-':>15}"
+            f"{row[m]:>{widths[m]}.4f}" if m in row and row[m] is not None and not math.isnan(row[m])
+            else f"{'-':>{widths[m]}}"
             for m in metrics
         )
         lines.append(f"{name:<12}" + "".join(cells))

@@ -8,6 +8,8 @@ import torch
 import torchvision
 from torch import nn
 
+from simclr.wide_resnet import WIDE_RESNETS
+
 
 class SmallCNN(nn.Module):
     """Four 3×3 conv blocks and global average pooling, for tiny images such as 8-16 px digits."""
@@ -55,10 +57,14 @@ EncoderFactory = Callable[[int, int, bool], nn.Module]  # (in_channels, image_si
 
 ENCODERS: dict[str, EncoderFactory] = {
     "small_cnn": lambda c, size, stem: SmallCNN(c),
+    # Half and double the channels of small_cnn: a student smaller than its teacher, and back.
+    "small_cnn_w0.5": lambda c, size, stem: SmallCNN(c, width=16),
+    "small_cnn_w2": lambda c, size, stem: SmallCNN(c, width=64),
     "resnet18": lambda c, size, stem: resnet("resnet18", c, stem),
     "resnet34": lambda c, size, stem: resnet("resnet34", c, stem),
     "resnet50": lambda c, size, stem: resnet("resnet50", c, stem),
 }
+ENCODERS.update(WIDE_RESNETS)  # resnet50_w2, resnet50_sk, ... (SimCLR/SimCLRv2 widths, SK blocks)
 
 
 def build_encoder(
@@ -108,6 +114,22 @@ class ProjectionHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.layers(h)  # type: ignore[no-any-return]
+
+
+def head_layers(head: ProjectionHead, depth: int) -> nn.Sequential:
+    """The first `depth` layers of g, each a Linear with the BatchNorm and ReLU after it (shared
+    modules, not copies). SimCLRv2 fine-tunes f followed by `head_layers(g, 1)`: section 2 of
+    arXiv:2006.10029, "fine-tuning from the first layer of the projection head"."""
+    starts = [i for i, m in enumerate(head.layers) if isinstance(m, nn.Linear)]
+    if not 0 <= depth <= len(starts):
+        raise ValueError(f"the projection head has {len(starts)} layers, cannot take {depth}")
+    end = starts[depth] if depth < len(starts) else len(head.layers)
+    return nn.Sequential(*list(head.layers)[:end])
+
+
+def head_depth(head_version: int) -> int:
+    """Linear layers in a projection head of this version (2 for v1, 3 for v2)."""
+    return 2 if head_version == 1 else 3
 
 
 class SimCLR(nn.Module):

@@ -320,7 +320,8 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     if features is not None:
         assert run.test_data is not None
         results = evaluate_encoder(
-            cfg, run.model.encoder, run.train_data, run.test_data, run.device, run.out, features=features
+            cfg, run.model.encoder, run.train_data, run.test_data, run.device, run.out, features=features,
+            head=run.model.head,
         )
     if cfg.report:
         shown = run.test_data if run.test_data is not None else run.train_data
