@@ -30,7 +30,7 @@ from simclr.config import Config, save_config
 from simclr.data import ImageData
 from simclr.evaluate import evaluate_suite, fraction_name, fraction_subset, save_eval
 from simclr.experiment import finetune_starts
-from simclr.finetune import Classifier, FinetuneSettings, accuracy, finetune
+from simclr.finetune import Classifier, FinetuneSettings, accuracy, finetune, sgd_nesterov
 from simclr.model import ProjectionHead, build_encoder
 
 log = logging.getLogger("simclr")
@@ -88,12 +88,7 @@ def distill(
     with torch.no_grad():
         d = int(student_encoder(unlabeled[:2].to(device).float() / 255).shape[1])
     student = Classifier(student_encoder, d, n_classes).to(device)
-    decay = [p for p in student.parameters() if p.ndim > 1]
-    no_decay = [p for p in student.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=s.lr, momentum=s.momentum, nesterov=True,
-    )
+    optimizer = sgd_nesterov(student, s.lr, s.momentum, s.weight_decay)
     augment = ImageAugment(
         size=int(unlabeled.shape[-1]), min_scale=s.min_scale, flip_prob=s.flip_prob,
         color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,

@@ -63,6 +63,16 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))  # type: ignore[no-any-return]
 
 
+def sgd_nesterov(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; weight decay on weights only, not on biases or BN parameters."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, momentum=momentum, nesterov=True,
+    )
+
+
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
     """uint8 pixels to [0, 1]; series and token ids are already the encoder's input."""
     return x.float() / 255 if x.dtype == torch.uint8 else x
@@ -84,12 +94,7 @@ def finetune(
     with torch.no_grad():
         d = int(f(_to_unit(images[:2]).to(device)).shape[1])
     model = Classifier(f, d, n_classes).to(device)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=s.lr, momentum=s.momentum, nesterov=True,
-    )
+    optimizer = sgd_nesterov(model, s.lr, s.momentum, s.weight_decay)
     is_image = images.dtype == torch.uint8
     augment = ImageAugment(
         size=int(images.shape[-1]), min_scale=s.min_scale, flip_prob=s.flip_prob,
