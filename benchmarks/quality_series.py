@@ -61,14 +61,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget-s", type=float, default=150.0, help="pretraining CPU seconds per set")
     parser.add_argument("--max-epochs", type=int, default=300)
-    parser.add_argument("--only", choices=SETS, action="append")
+    parser.add_argument("--only", action="append", help="a set name (repeatable); default: the seven shared sets")
+    parser.add_argument("--root", default=str(SHARED),
+                        help="folder of <Name>/<Name>_TRAIN.ts + _TEST.ts, e.g. the data folder of the aeon wheel")
+    parser.add_argument("--results", default="benchmarks/quality_series_results.json")
     parser.add_argument("--out", default="runs/quality_series")
     parser.add_argument("overrides", nargs="*", help="extra key=value settings for every set")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, dict[str, object]] = {}
     for name in args.only or SETS:
-        folder = SHARED / name
+        folder = Path(args.root) / name
         if not folder.is_dir():
             print(f"{name}: skipped, {folder} is absent")
             continue
@@ -88,7 +91,7 @@ def main() -> None:
         r = results[name]
         print(f"{name}: linear {evaluation['simclr']['linear']:.4f} kNN {evaluation['simclr']['knn']:.4f} "
               f"1-NN ED {evaluation['raw_series']['nn1_euclidean']:.4f} ({r['wall_s']} s)", flush=True)
-    Path("benchmarks/quality_series_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
     print("\n| set | epochs | wall | SimCLR linear | SimCLR kNN (k=5) | random-init linear | 1-NN ED (raw) "
           "| beats 1-NN |")
     print("|---|---|---|---|---|---|---|---|")
