@@ -77,7 +77,8 @@ SERIES_SUFFIXES = (".ts",)
 TEXT_SUFFIXES = (".txt", ".jsonl", ".tsv")
 
 
-def _numeric(field: str) -> bool:
+def numeric_field(field: str) -> bool:
+    """A CSV field a series may hold: a number, or empty / `?` / NaN for a missing value."""
     try:
         float(field)
     except ValueError:
@@ -104,7 +105,7 @@ def detect(source: str) -> str:
             rows = [row for _, row in zip(range(6), csv.reader(f), strict=False)]
         body = rows[1:] if len(rows) > 1 else rows
         fields = [v for row in body for v in row[1:-1]] or [v for row in body for v in row]
-        return "series" if fields and all(_numeric(v) for v in fields) else "text"
+        return "series" if fields and all(numeric_field(v) for v in fields) else "text"
     return "image"
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from simclr.errors import UserError
+from simclr.modality import numeric_field
 
 LABEL_NAMES = ("label", "class", "target", "y")
 ID_NAMES = ("id", "series", "case", "series_id", "sample")
@@ -143,14 +144,6 @@ def _array_pair(z: np.lib.npyio.NpzFile, path: Path) -> tuple[Raw, Raw | None]:
     return (x, labels_of(y_key, len(x))), None
 
 
-def _is_number(v: str) -> bool:
-    try:
-        float(v)
-    except ValueError:
-        return v.strip() in ("", "?", "nan", "NaN")
-    return True
-
-
 def read_csv(path: Path, label_column: str | None) -> Raw:
     """One series per row (an optional header; the label column named `label_column`, or one of
     label/class/target/y), or long format: a header with an id column (id/series/case), rows
@@ -161,7 +154,7 @@ def read_csv(path: Path, label_column: str | None) -> Raw:
         rows = [r for r in csv.reader(f, delimiter=delimiter) if r and any(v.strip() for v in r)]
     if not rows:
         raise UserError(f"{path}: empty CSV")
-    header = [h.strip().lower() for h in rows[0]] if not all(_is_number(v) for v in rows[0]) else None
+    header = [h.strip().lower() for h in rows[0]] if not all(numeric_field(v) for v in rows[0]) else None
     body = rows[1:] if header else rows
     if label_column is not None:
         if label_column in ("first", "last"):
