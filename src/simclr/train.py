@@ -120,7 +120,8 @@ def setup(cfg: Config) -> Run:
     shape = input_shape_of(train_data)
     encoder = modality.build_encoder(cfg, shape, train_data)
     model = build_model(encoder, proj_dim=cfg.model.proj_dim, head_version=cfg.model.head_version).to(device)
-    if nhwc(cfg, shape):
+    channels_last = nhwc(cfg, shape)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     net: nn.Module = model
     if world > 1:
@@ -138,7 +139,7 @@ def setup(cfg: Config) -> Run:
         warmup_steps=round(steps_per_epoch * cfg.optim.warmup_epochs),
         steps_per_epoch=steps_per_epoch,
         local_batch=cfg.batch_size // world,
-        channels_last=nhwc(cfg, shape),
+        channels_last=channels_last,
     )
 
 
