@@ -152,3 +152,126 @@ def torch_uint8() -> object:
     import torch
 
     return torch.uint8
+
+
+def digit_clip_folder(root: Path, classes: int = 3, per_class: int = 8, frames: int = 6, canvas: int = 16) -> Path:
+    """Moving-digit clips from scikit-learn's 8×8 digits (always available), written losslessly
+    as `root/<digit>/clip_<i>.mkv`."""
+    digits = load_digits()
+    keep = digits.target < classes
+    images = (digits.images[keep] * 16).clip(0, 255).astype(np.uint8)
+    clips, labels = render_clips(images, digits.target[keep], per_class, frames, canvas, seed=0)
+    for i, (clip, label) in enumerate(zip(clips, labels, strict=True)):
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        write_video(root / str(label) / f"clip_{i:03d}.mkv", clip)
+    return root
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from simclr.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, err.getvalue()
+
+
+def test_detect_video_files_and_folders(tmp_path: Path) -> None:
+    from simclr.modality import detect
+
+    assert [detect(f"clip{s}") for s in (".mp4", ".AVI", ".mkv", ".mov", ".webm")] == ["video"] * 5
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("a.mp4", "b.webm", "notes.txt"):
+        (flat / name).write_bytes(b"")
+    nested = tmp_path / "nested"
+    for label in ("cat", "dog"):
+        (nested / label).mkdir(parents=True)
+        (nested / label / "x.mov").write_bytes(b"")
+    images = tmp_path / "images"
+    (images / "cat").mkdir(parents=True)
+    for name in ("a.png", "b.jpg", "c.mp4"):
+        (images / "cat" / name).write_bytes(b"")
+    assert (detect(str(flat)), detect(str(nested)), detect(str(images)), detect("digits")) == (
+        "video", "video", "image", "image")
+
+
+def test_cli_end_to_end_on_digit_clips(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    import torch
+
+    folder = digit_clip_folder(tmp_path / "clips")
+    (folder / "1" / "broken.mp4").write_bytes(b"not a video" * 20)  # one bad file among good ones
+    out = tmp_path / "run"
+    video = ["video.encoder=small_cnn", "video.frames=6", "video.clip_frames=4", "video.size=16", "data.channels=1"]
+    code, err = run_cli("train", "--data", str(folder), "--epochs", "1", "--batch-size", "8", "--out", str(out),
+                        *video, f"data.cache_dir={tmp_path / 'cache'}", "threads=1", "device=cpu",
+                        "eval_finetune=false", "eval_knn_k=5")
+    assert code == 0, err[-3000:]
+    assert "1 video file skipped (undecodable): 1/broken.mp4" in caplog.text and "Traceback" not in err
+    listed = (out / "skipped_files.txt").read_text().splitlines()
+    assert len(listed) == 1 and listed[0].split("\t")[0].endswith("1/broken.mp4")
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["modality"] == "video" and state["input_shape"] == [6, 1, 16, 16]
+    results = json.loads((out / "eval.json").read_text())
+    assert {"simclr", "random_init", "raw_pixels", "supervised"} <= results.keys()
+    assert 0 <= results["raw_pixels"]["linear"] <= 1 and "few_shot_5" in results["raw_pixels"]
+    assert (out / "report.html").is_file() and (out / "augmentations.png").is_file()
+    code, err = run_cli("eval", str(out), "eval_knn_k=5")  # with fine-tuning: videos through finetune
+    assert code == 0, err[-3000:]
+    assert 0 <= json.loads((out / "eval.json").read_text())["simclr"]["finetune_10pct"] <= 1
+    code, err = run_cli("embed", str(out), "--data", str(folder), "--out", str(tmp_path / "h.npz"))
+    assert code == 0, err[-2000:]
+    h = np.load(tmp_path / "h.npz")
+    assert h["embeddings"].shape == (24, 256) and h["ids"][0] == "0/clip_000.mkv" and h["labels"][-1] == 2
+    assert run_cli("export", str(out), "--format", "safetensors")[0] == 0 and (out / "encoder.safetensors").is_file()
+    code, err = run_cli("export", str(out), "--format", "onnx")
+    assert code == 2 and err.strip().count("\n") == 0 and "safetensors" in err
+    (out / "augmentations.png").unlink()
+    assert run_cli("report", str(out))[0] == 0 and (out / "augmentations.png").is_file()
+
+
+def test_modality_views_are_clips_with_one_transform_per_clip() -> None:
+    import torch
+
+    from simclr.config import load_config
+    from simclr.modality import get
+
+    cfg = load_config(None, ["video.frames=10", "video.clip_frames=4", "video.size=12"])
+    augment = get("video").build_augment(cfg, [10, 3, 12, 12])
+    frame = torch.randint(0, 256, (6, 3, 12, 12), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    videos = frame.unsqueeze(1).expand(6, 10, 3, 12, 12).contiguous()  # each video one repeated frame
+    x1, x2 = augment(videos, torch.Generator().manual_seed(1)), augment(videos, torch.Generator().manual_seed(2))
+    assert x1.shape == (6, 4, 3, 12, 12)
+    assert torch.equal(x1, x1[:, :1].expand_as(x1)) and not torch.equal(x1, x2)
+
+
+def test_clip_encoder_encodes_stored_videos_by_their_central_clips() -> None:
+    import torch
+
+    from simclr.model import SmallCNN
+    from simclr.video.encoders import ClipEncoder, FramePooled
+
+    torch.manual_seed(0)
+    backbone = FramePooled(SmallCNN(1, width=4)).eval()
+    x = torch.rand(2, 10, 1, 8, 8)
+    centre = ClipEncoder(backbone, clip_frames=4)
+    torch.testing.assert_close(centre(x), backbone(x[:, 3:7]))
+    torch.testing.assert_close(centre(x[:, :4]), backbone(x[:, :4]))  # a training clip passes through
+    three = ClipEncoder(backbone, clip_frames=4, eval_clips=3)
+    assert three.clip_starts(10) == [0, 3, 6]
+    torch.testing.assert_close(three(x), torch.stack([backbone(x[:, s : s + 4]) for s in (0, 3, 6)]).mean(0))
+
+
+def test_an_image_run_does_not_import_av() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from simclr.config import load_config; from simclr.modality import get, resolve; "
+            "m = get(resolve(load_config(None, []))); assert m.name == 'image', m.name; "
+            "assert 'av' not in sys.modules and 'simclr.video' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

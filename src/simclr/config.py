@@ -113,6 +113,23 @@ class TextConfig:
 
 
 @dataclass
+class VideoConfig:
+    """Video (`data.modality=video`): a folder of video files (class subfolders give labels),
+    decoded once into the cache at a fixed length, size and frame rate."""
+
+    # r3d_18, r2plus1d_18, mc3_18 (torchvision's 3-D ResNets), or an image encoder (small_cnn,
+    # resnet18, ...) applied to every frame, its features averaged over time
+    encoder: str = "r3d_18"
+    frames: int = 16  # F frames kept per video (the first ones; a shorter video is looped)
+    clip_frames: int = 8  # T frames per view: two clips from independent random starts in F
+    size: int = 64  # frames are stored and viewed as size×size (the central square, resized)
+    fps: float | None = None  # resample every video to this frame rate; None: each file's own
+    # Evaluation, embedding and the report encode a stored video as the mean h of this many
+    # evenly spaced T-frame clips (1: the central clip)
+    eval_clips: int = 1
+
+
+@dataclass
 class DistillConfig:
     """`simclr distill` (SimCLRv2 section 2): the command first fine-tunes the run's network on a
     fraction of the labels (the teacher), then trains a new student network on the teacher's
@@ -136,6 +153,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     series: SeriesConfig = field(default_factory=SeriesConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     epochs: int = 100
     batch_size: int = 256
     temperature: float = 0.5
@@ -192,7 +210,7 @@ def _validate(cfg: Config) -> None:
     _check_choice("optim.lr_scaling", cfg.optim.lr_scaling, ("linear", "sqrt", "none"))
     _check_choice("data.channels", cfg.data.channels, (None, 1, 3))
     _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
-    _check_choice("data.modality", cfg.data.modality, ("auto", "image", "series", "text"))
+    _check_choice("data.modality", cfg.data.modality, ("auto", "image", "series", "text", "video"))
     _check_choice("data.pretrain_on", cfg.data.pretrain_on, ("train", "all"))
     _check_choice("series.encoder", cfg.series.encoder, ("fcn", "resnet1d", "gru", "lstm", "transformer"))
     _check_choice("text.encoder", cfg.text.encoder, ("gru", "lstm", "transformer"))
@@ -211,7 +229,18 @@ def _validate(cfg: Config) -> None:
         _check(n >= 1, f"{key} must be at least 1, got {n}")
     _check(s.length is None or s.length >= 4, f"series.length must be at least 4, got {s.length}")
     _check(t.vocab_size >= 100, f"text.vocab_size must be at least 100, got {t.vocab_size}")
+    _validate_video(cfg.video, tuple(sorted(ENCODERS)))
     _validate_v2(cfg)
+
+
+def _validate_video(v: VideoConfig, image_encoders: tuple[str, ...]) -> None:
+    _check_choice("video.encoder", v.encoder, ("r3d_18", "r2plus1d_18", "mc3_18", *image_encoders))
+    _check(v.frames >= 1, f"video.frames must be at least 1, got {v.frames}")
+    _check(1 <= v.clip_frames <= v.frames,
+           f"video.clip_frames must be in [1, video.frames={v.frames}], got {v.clip_frames}")
+    _check(v.size >= 8, f"video.size must be at least 8, got {v.size}")
+    _check(v.fps is None or v.fps > 0, f"video.fps must be positive, got {v.fps}")
+    _check(v.eval_clips >= 1, f"video.eval_clips must be at least 1, got {v.eval_clips}")
 
 
 def finetune_layers(head_version: int) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from simclr import dist
 from simclr.errors import UserError
-from simclr.finetune import FinetuneSettings, finetune_accuracy
+from simclr.finetune import FinetuneSettings, clip_batch, finetune_accuracy
 
 log = logging.getLogger("simclr")
 
@@ -39,12 +39,14 @@ def extract_features(
     encoder: nn.Module, images: torch.Tensor, batch_size: int = 512,
     device: torch.device | str = "cpu", progress: str | None = None,
 ) -> torch.Tensor:
-    """h = f(x) for a batch of inputs (uint8 images (N, C, H, W) are scaled to [0, 1]; series
-    and token ids go in as they are), encoder in eval mode; its training mode is restored
-    afterwards and no parameter or buffer is touched. `progress` names a tqdm bar."""
+    """h = f(x) for a batch of inputs (uint8 images (N, C, H, W) and videos (N, F, C, H, W) are
+    scaled to [0, 1]; series and token ids go in as they are), encoder in eval mode; its training
+    mode is restored afterwards and no parameter or buffer is touched. `progress` names a tqdm
+    bar. A video counts as F images towards `batch_size`."""
     was_training = encoder.training
     encoder.eval()
     feats = []
+    batch_size = clip_batch(images, batch_size)
     starts = range(0, len(images), batch_size)
     try:
         for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True):

@@ -5,8 +5,9 @@ the pretrained network on 1% and 10% of the labels and compares it with the same
 trained from scratch on those labels alone; SimCLRv2 (arXiv:2006.10029) does the same. Here
 the recipe is shrunk to run on a CPU: SGD with Nesterov momentum, cosine decay per step, and
 only random resized crops and flips as augmentation (as the paper's fine-tuning does) for
-images; series and text are fine-tuned on their inputs as they are (their encoders' dropout
-is the only noise), since crops and flips are image operations.
+images and videos (one crop and flip per video); series and text are fine-tuned on their
+inputs as they are (their encoders' dropout is the only noise), since crops and flips are image
+operations.
 The passed-in encoder is deep-copied and never touched.
 """
 
@@ -78,11 +79,27 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x
 
 
+def crop_flip(augment: ImageAugment, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Images (b, c, s, s) each with its own crop and flip; videos (b, f, c, s, s) with one crop
+    and flip for all the frames of a video (the video encoder picks its clip of them)."""
+    if x.ndim == 5:
+        b, f = x.shape[:2]
+        return augment(x.flatten(0, 1), gen, frames=f).view(b, f, *x.shape[2:])
+    return augment(x, gen)
+
+
+def clip_batch(inputs: torch.Tensor, batch_size: int) -> int:
+    """A batch size for inference that counts each frame of a video (N, F, C, H, W) as one
+    image, so a batch of videos takes about the memory of `batch_size` images."""
+    return max(1, batch_size // int(inputs.shape[1])) if inputs.ndim == 5 else batch_size
+
+
 def finetune(
     encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, n_classes: int,
     device: torch.device | str = "cpu", seed: int = 0, settings: FinetuneSettings | None = None,
 ) -> Classifier:
-    """Train a copy of `encoder` plus a new linear head on uint8 `images` (N, C, H, W) with
+    """Train a copy of `encoder` plus a new linear head on uint8 `images` (N, C, H, W) or videos
+    (N, F, C, H, W), or on series or token ids, with
     integer `labels`, by cross-entropy; returns the classifier in eval mode. Seeded: the batch
     order and the augmentations come from `seed`; the caller's random state is not used."""
     s = settings or FinetuneSettings()
@@ -95,11 +112,11 @@ def finetune(
         d = int(f(_to_unit(images[:2]).to(device)).shape[1])
     model = Classifier(f, d, n_classes).to(device)
     optimizer = sgd_nesterov(model, s.lr, s.momentum, s.weight_decay)
-    is_image = images.dtype == torch.uint8
+    is_pixels = images.dtype == torch.uint8  # images (N, C, H, W) or videos (N, F, C, H, W)
     augment = ImageAugment(
         size=int(images.shape[-1]), min_scale=s.min_scale, flip_prob=s.flip_prob,
         color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
-    ) if is_image else None
+    ) if is_pixels else None
     order_gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
     batch, total = min(s.batch_size, n), s.steps(n)
@@ -112,7 +129,7 @@ def finetune(
             group["lr"] = 0.5 * s.lr * (1 + math.cos(math.pi * step / total))
         idx = stream[step * batch : (step + 1) * batch]
         x = images[idx].to(device)
-        x = augment(x, aug_gen) if augment is not None else _to_unit(x)  # (b, c, s, s) for images
+        x = crop_flip(augment, x, aug_gen) if augment is not None else _to_unit(x)
         loss = F.cross_entropy(model(x), labels[idx].to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning loss is {loss.item()} at step {step}; lower the learning rate")
@@ -132,6 +149,7 @@ def accuracy(
     was_training = model.training
     model.eval()
     correct = 0
+    batch_size = clip_batch(images, batch_size)
     for start in range(0, len(images), batch_size):
         x = _to_unit(images[start : start + batch_size]).to(device)
         pred = model(x).argmax(1).cpu()

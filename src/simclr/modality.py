@@ -70,11 +70,32 @@ class Modality(Protocol):
     def save_artifacts(self, data: Any, out: Path) -> None: ...
 
 
-NAMES = ("image", "series", "text")
-_MODULES = {"image": "simclr.image", "series": "simclr.series", "text": "simclr.text"}
+NAMES = ("image", "series", "text", "video")
+_MODULES = {"image": "simclr.image", "series": "simclr.series", "text": "simclr.text", "video": "simclr.video"}
 
 SERIES_SUFFIXES = (".ts",)
 TEXT_SUFFIXES = (".txt", ".jsonl", ".tsv")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def video_folder(folder: Path, sample: int = 32) -> bool:
+    """Whether most of the first `sample` files of a folder (or of its class subfolders) are
+    videos. Stops early, so an image folder of a million files costs a few directory reads."""
+    found: list[str] = []
+    try:
+        for entry in folder.iterdir():  # unsorted: no full listing of a huge folder
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                found += [p.suffix.lower() for _, p in zip(range(4), entry.iterdir(), strict=False)
+                          if p.is_file() and not p.name.startswith(".")]
+            elif entry.is_file():
+                found.append(entry.suffix.lower())
+            if len(found) >= sample:
+                break
+    except OSError:
+        return False
+    return sum(s in VIDEO_SUFFIXES for s in found) > len(found) / 2
 
 
 def numeric_field(field: str) -> bool:
@@ -90,7 +111,9 @@ def detect(source: str) -> str:
     """The modality of a `--data` value from its extension, or for CSV from its content:
     `.ts` (or a folder of them) is a time series; `.txt`, `.tsv`, `.jsonl` are text; a CSV
     whose data fields are numbers (apart from an `id`/`label` column) is a series, else text;
-    everything else (built-in names, image folders and archives, arrays) is an image source.
+    a video file (.mp4, .mkv, ...) or a folder (with or without class subfolders) whose files are
+    mostly videos is video; everything else (built-in names, image folders and archives,
+    arrays) is an image source.
     An `.npz` of series needs `data.modality=series` (its shape alone is ambiguous)."""
     path = Path(source.split(":")[0]) if ":" in source and not Path(source).exists() else Path(source)
     suffix = path.suffix.lower()
@@ -98,6 +121,8 @@ def detect(source: str) -> str:
         return "series"
     if suffix in TEXT_SUFFIXES:
         return "text"
+    if suffix in VIDEO_SUFFIXES or (path.is_dir() and video_folder(path)):
+        return "video"
     if suffix == ".csv" and path.is_file():
         import csv
 

@@ -277,7 +277,8 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     main = dist.is_main_process()
     if main:
         save_config(cfg, run.out / "config.yaml")
-        skipped = run.train_data.skipped + (run.test_data.skipped if run.test_data else [])
+        # Both parts of a split source carry the source's list: name each file once.
+        skipped = list(dict.fromkeys(run.train_data.skipped + (run.test_data.skipped if run.test_data else [])))
         (run.out / "skipped_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
         if skipped:
             log.warning("skipped %d unreadable file(s), listed in %s", len(skipped), run.out / "skipped_files.txt")

@@ -14,11 +14,10 @@ from tqdm import tqdm
 
 from simclr.data.cache import Built, Slot, default_cache_dir
 from simclr.errors import UserError
+from simclr.modality import VIDEO_SUFFIXES
 from simclr.video.io import read_video
 
 log = logging.getLogger("simclr")
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 @dataclass
@@ -57,6 +56,14 @@ def list_videos(folder: Path) -> tuple[list[Path], list[int] | None, list[str] |
     return files, None, None
 
 
+def skipped_summary(folder: Path, skipped: list[tuple[str, str]], shown: int = 5) -> str:
+    """E.g. "clips: 2 video files skipped (undecodable): a/x.mp4, b/y.avi"."""
+    names = [os.path.relpath(path, folder) for path, _ in skipped]
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    noun = "file" if len(names) == 1 else "files"
+    return f"{folder}: {len(names)} video {noun} skipped (undecodable): {', '.join(names[:shown])}{more}"
+
+
 def fit_frames(video: np.ndarray, frames: int) -> np.ndarray:
     """Exactly `frames` frames: the first ones, or a short video looped from its start."""
     if len(video) >= frames:
@@ -93,7 +100,7 @@ def load_videos(
                 except UserError as e:
                     if strict:
                         raise
-                    skipped.append((str(path), f"undecodable: {e}"))
+                    skipped.append((str(path), f"undecodable: {str(e).removeprefix(f'{path}: ')}"))
                     continue
                 out[len(kept)] = fit_frames(video, frames)
                 kept.append(i)
@@ -105,7 +112,7 @@ def load_videos(
         finally:
             slot.cleanup()
     if cached.skipped:
-        log.warning("%s: %d video file(s) skipped", folder, len(cached.skipped))
+        log.warning("%s", skipped_summary(folder, cached.skipped))
     label_tensor = torch.from_numpy(cached.labels.astype(np.int64)) if cached.labels is not None else None
     return VideoData(torch.from_numpy(cached.images), label_tensor, folder.name, cached.skipped, cached.classes,
                      cached.ids)

@@ -43,3 +43,35 @@ class FramePooled(nn.Module):
         b, t = x.shape[:2]
         h: torch.Tensor = self.image_encoder(x.flatten(0, 1))
         return h.view(b, t, -1).mean(1)
+
+
+class ClipEncoder(nn.Module):
+    """f for the video modality: a clip encoder (VideoResNet or FramePooled) that also takes the
+    stored videos. Training views are clips of T frames and pass straight through; a longer
+    input (F > T frames: evaluation, embedding, the report) is encoded as the mean h of
+    `eval_clips` evenly spaced T-frame clips (1: the central one), so every consumer of h sees
+    the clip length the encoder was trained on."""
+
+    def __init__(self, backbone: nn.Module, clip_frames: int, eval_clips: int = 1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.clip_frames = clip_frames
+        self.eval_clips = eval_clips
+        self.out_dim: int = backbone.out_dim  # type: ignore[assignment]
+
+    def clip_starts(self, frames: int) -> list[int]:
+        t = self.clip_frames
+        if frames <= t:
+            return [0]
+        if self.eval_clips == 1:
+            return [(frames - t) // 2]
+        return sorted({round(s) for s in torch.linspace(0, frames - t, self.eval_clips).tolist()})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, f = x.shape[:2]  # (B, F, C, H, W)
+        if f <= self.clip_frames:
+            h: torch.Tensor = self.backbone(x)
+            return h
+        starts = self.clip_starts(f)
+        clips = torch.cat([x[:, s : s + self.clip_frames] for s in starts])  # (n·B, T, C, H, W)
+        return self.backbone(clips).view(len(starts), b, -1).mean(0)  # type: ignore[no-any-return]
