@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a YAML recipe; flags and key=value overrides apply on top")
     train.add_argument("--data", help="a built-in name (digits, mnist, cifar10, ...) or a path: images (folder, "
                        "zip/tar, npz), time series (.ts, a folder of _TRAIN/_TEST .ts, numeric .csv) or text "
-                       "(.txt, .csv/.tsv/.jsonl with a text column); data.modality=... forces the kind")
+                       "(.txt, .csv/.tsv/.jsonl with a text column) or video (a folder of video files); "
+                       "data.modality=... forces the kind")
     train.add_argument("--eval-data", help="a separate labelled evaluation set (default: a held-out split of --data)")
     train.add_argument("--strict", action="store_true", help="stop at the first unreadable image, don't skip it")
     train.add_argument("--epochs", type=int)
