@@ -95,8 +95,9 @@ def cross_modal_metrics(
 
 
 def evaluate_paired(
-    model: PairedModel, make_random: Callable[[], PairedModel], train: PairedData, test: PairedData, templates: list[str],
-    max_length: int, seed: int, device: torch.device | str = "cpu", probe: dict[str, Any] | None = None,
+    model: PairedModel, make_random: Callable[[], PairedModel], train: PairedData, test: PairedData,
+    templates: list[str], max_length: int, seed: int, device: torch.device | str = "cpu",
+    probe: dict[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Rows `paired` (the trained model) and `random_init` (the same networks, seeded random
     weights) with the cross-modal metrics on `test`; with labels on both sides, also the image
