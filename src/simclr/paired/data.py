@@ -171,7 +171,8 @@ def _decode_manifest(
     if size is None:
         size, note = auto_size(entries)
     log.info("%s: decoding %d images to %d px%s", path, len(entries), size, f"; {note}" if note else "")
-    decoded = decode_entries(entries, size, channels, np.empty, cfg.data.strict, desc=f"decoding {path.stem}")
+    decoded = decode_entries(entries, size, channels, lambda shape: np.empty(shape, np.uint8), cfg.data.strict,
+                             desc=f"decoding {path.stem}")
     if decoded.count == 0:
         raise UserError(f"no usable images in {path} ({skip_summary(decoded.skipped)})")
     images = decoded.images[: decoded.count]
