@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a YAML recipe; flags and key=value overrides apply on top")
     train.add_argument("--data", help="a built-in name (digits, mnist, cifar10, ...) or a path: images (folder, "
                        "zip/tar, npz), time series (.ts, a folder of _TRAIN/_TEST .ts, numeric .csv) or text "
-                       "(.txt, .csv/.tsv/.jsonl with a text column) or video (a folder of video files); "
+                       "(.txt, .csv/.tsv/.jsonl with a text column), video (a folder of video files) or "
+                       "image-text pairs (a .csv/.jsonl manifest with image and text columns); "
                        "data.modality=... forces the kind")
     train.add_argument("--eval-data", help="a separate labelled evaluation set (default: a held-out split of --data)")
     train.add_argument("--strict", action="store_true", help="stop at the first unreadable image, don't skip it")
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("run_dir", metavar="RUN_DIR")
     embed.add_argument("--data", required=True)
     embed.add_argument("--out", required=True, help="output .npz (embeddings, ids, labels)")
+    embed.add_argument("--side", choices=("image", "text"), help="paired runs: one side only (default: both)")
 
     report = sub.add_parser("report", help="rebuild RUN_DIR/report.html")
     report.add_argument("run_dir", metavar="RUN_DIR")
@@ -130,9 +132,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     cfg.eval_finetune = not args.no_finetune
     cfg = with_overrides(cfg, args.overrides, run_dir)  # e.g. eval_finetune_from=[h,head1]
     train_data, test_data = load_datasets(cfg, args.data, args.eval_data, shape, run_dir)
+    device = resolve_device(cfg.device)
+    if cfg.data.modality == "paired":  # both encoders: retrieval, zero-shot, image probes
+        from simclr.paired.commands import evaluate_run
+
+        results = evaluate_run(run_dir, cfg, train_data, test_data, device)
+        log.info("evaluation (%s):\n%s", run_dir / "eval.json", format_table(results))
+        return
     if test_data is None or train_data.labels is None:
         raise UserError("evaluation needs labelled data: give --data (and --eval-data) with labels")
-    device = resolve_device(cfg.device)
     head = load_trained_head(run_dir, cfg, encoder) if cfg.eval_finetune_from != ["h"] else None
     results = evaluate_encoder(cfg, encoder.to(device), train_data, test_data, device, run_dir, head=head)
     log.info("evaluation (%s):\n%s", run_dir / "eval.json", format_table(results))
@@ -144,8 +152,16 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from simclr.train import resolve_device
 
     cfg, encoder, shape = load_trained_encoder(Path(args.run_dir))
-    data = load_source(cfg, args.data, shape, Path(args.run_dir))
     device = resolve_device(cfg.device)
+    if cfg.data.modality == "paired":  # both sides (or --side), h and the shared space
+        from simclr.paired.commands import embed_run
+
+        path = embed_run(Path(args.run_dir), args.data, Path(args.out), args.side, device)
+        log.info("wrote the embeddings of %s to %s", args.data, path)
+        return
+    if args.side:
+        raise UserError("--side is for paired (image + text) runs")
+    data = load_source(cfg, args.data, shape, Path(args.run_dir))
     path = embed_to_file(encoder.to(device), data.inputs, getattr(data, "ids", None), data.labels, Path(args.out),
                          device=device)
     log.info("wrote %d embeddings to %s", len(data), path)

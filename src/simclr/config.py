@@ -112,6 +112,34 @@ class TextConfig:
     replace_prob: float = 0.05  # ...or by a random token
 
 
+# Captions made from class names for an image folder (data.modality=paired); one is drawn per
+# sample per step. "{}" is the class name (underscores read as spaces).
+PROMPT_TEMPLATES = [
+    "a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.", "a low resolution photo of a {}.",
+    "a bright photo of a {}.", "a dark photo of a {}.", "a cropped photo of a {}.", "a photo of the small {}.",
+]
+
+
+@dataclass
+class PairedConfig:
+    """Paired data (`data.modality=paired`): each side's encoder comes from its own modality's
+    settings (images: `model.*`, text: `text.*`); each gets a projection to a shared space and
+    the two are trained with the symmetric cross-modal loss (CLIP-style InfoNCE)."""
+
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])  # only image + text so far
+    shared_dim: int = 128  # output of each side's projection head
+    temperature: float = 0.07  # fixed, or the starting value when learned
+    learn_temperature: bool = True  # tau = exp(-s), s learned, tau clamped >= min_temperature
+    min_temperature: float = 0.01  # CLIP's clamp (1/tau <= 100)
+    prompts: bool = True  # image folder: captions from `templates`; off: the bare class name
+    templates: list[str] = field(default_factory=lambda: list(PROMPT_TEMPLATES))
+    heldout_fraction: float = 0.1  # pairs kept out of training for retrieval / zero-shot, seeded
+    text_augment: bool = False  # the text augmentation (text.crop_min, ...) on captions
+    image_column: str | None = None  # manifest; None: image / image_path / file / filename / path
+    text_column: str | None = None  # manifest; None: text / caption / ...
+    label_column: str | None = None  # manifest, optional; None: label / class / category when present
+
+
 @dataclass
 class VideoConfig:
     """Video (`data.modality=video`): a folder of video files (class subfolders give labels),
@@ -154,6 +182,7 @@ class Config:
     series: SeriesConfig = field(default_factory=SeriesConfig)
     text: TextConfig = field(default_factory=TextConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
+    paired: PairedConfig = field(default_factory=PairedConfig)
     epochs: int = 100
     batch_size: int = 256
     temperature: float = 0.5
@@ -210,7 +239,7 @@ def _validate(cfg: Config) -> None:
     _check_choice("optim.lr_scaling", cfg.optim.lr_scaling, ("linear", "sqrt", "none"))
     _check_choice("data.channels", cfg.data.channels, (None, 1, 3))
     _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
-    _check_choice("data.modality", cfg.data.modality, ("auto", "image", "series", "text", "video"))
+    _check_choice("data.modality", cfg.data.modality, ("auto", "image", "series", "text", "video", "paired"))
     _check_choice("data.pretrain_on", cfg.data.pretrain_on, ("train", "all"))
     _check_choice("series.encoder", cfg.series.encoder, ("fcn", "resnet1d", "gru", "lstm", "transformer"))
     _check_choice("text.encoder", cfg.text.encoder, ("gru", "lstm", "transformer"))
@@ -231,6 +260,21 @@ def _validate(cfg: Config) -> None:
     _check(t.vocab_size >= 100, f"text.vocab_size must be at least 100, got {t.vocab_size}")
     _validate_video(cfg.video, tuple(sorted(ENCODERS)))
     _validate_v2(cfg)
+    _validate_paired(cfg)
+
+
+def _validate_paired(cfg: Config) -> None:
+    p = cfg.paired
+    _check(p.modalities == ["image", "text"], f"paired.modalities: only [image, text] so far, got {p.modalities}")
+    _check(p.shared_dim >= 1, f"paired.shared_dim must be at least 1, got {p.shared_dim}")
+    _check(p.temperature > 0, f"paired.temperature must be positive, got {p.temperature}")
+    _check(0 < p.min_temperature <= p.temperature,
+           f"paired.min_temperature must be in (0, paired.temperature], got {p.min_temperature}")
+    _check(0 < p.heldout_fraction < 1, f"paired.heldout_fraction must be in (0, 1), got {p.heldout_fraction}")
+    _check(len(p.templates) > 0 and all("{}" in t for t in p.templates),
+           "paired.templates must be a non-empty list of texts with {} for the class name")
+    if cfg.data.modality == "paired":
+        _check(cfg.data.pretrain_on == "train", "data.pretrain_on=all does not apply to paired data")
 
 
 def _validate_video(v: VideoConfig, image_encoders: tuple[str, ...]) -> None:

@@ -53,8 +53,8 @@ def load_datasets(
         test, _ = reader.load(cfg, eval_source, input_shape, run_dir, like=data)
     if dist.is_main_process():
         dist.barrier()
-    if test is not None:
-        return data, test if test.labels is not None else None
+    if test is not None:  # held-out pairs serve retrieval without labels
+        return data, test if test.labels is not None or reader.name == "paired" else None
     if data.labels is None:
         return data, None
     train_index, test_index = stratified_split(data.labels.numpy(), cfg.data.test_fraction, cfg.seed)

@@ -31,7 +31,11 @@ def export_encoder(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
     needs the `onnx` extra)."""
     weights, state = encoder_state(run_dir)
     modality = str(state.get("modality", "image"))
-    if modality != "image" and fmt != "safetensors":
+    if modality == "paired" and fmt == "safetensors":  # both encoders; other formats: the image one
+        from simclr.paired.commands import export_paired
+
+        return export_paired(run_dir, state, out)
+    if modality not in ("image", "paired") and fmt != "safetensors":
         raise UserError(
             f"--format {fmt} is for image encoders; a {modality} encoder exports as --format safetensors "
             "(rebuild it with simclr.experiment.load_trained_encoder)"

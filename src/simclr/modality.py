@@ -13,6 +13,9 @@ contributes only the parts that depend on the input:
     gallery         the report's picture of view pairs
     save_artifacts  what the encoder needs beside its weights (the text tokenizer)
 
+Paired data (simclr.paired) is a modality too; it also implements `Trainer`: its own network
+(two encoders) and loss (cross-modal), plugged into the same loop.
+
 The training loop, loss, evaluation, checkpoints and CLI are shared. This module is a leaf: the
 modalities themselves are imported lazily, so an image run never imports a tokenizer.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from simclr.config import Config
+    from simclr.model import SimCLR
 
 
 class Data(Protocol):
@@ -70,8 +74,35 @@ class Modality(Protocol):
     def save_artifacts(self, data: Any, out: Path) -> None: ...
 
 
-NAMES = ("image", "series", "text", "video")
-_MODULES = {"image": "simclr.image", "series": "simclr.series", "text": "simclr.text", "video": "simclr.video"}
+# (network, this rank's inputs x, their rows in the training data, augmentation generator) -> loss
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """What a modality adds when it trains its own network with its own loss instead of SimCLR's
+    two views through one encoder (simclr.paired: an image and its caption through two
+    encoders, the cross-modal loss). The loop, schedule, checkpoints and signals stay shared.
+    The network keeps SimCLR's `encoder` and `head` (for paired data, the image side) so the
+    kNN monitor, the report and the image exports work on it unchanged."""
+
+    def build_model(self, cfg: Config, input_shape: list[int], data: Any) -> SimCLR: ...
+    def objective(self, cfg: Config, model: SimCLR, data: Any, device: torch.device) -> Objective: ...
+    def evaluate(
+        self, cfg: Config, model: SimCLR, train: Any, test: Any | None, device: torch.device, out: Path
+    ) -> dict[str, dict[str, float]] | None: ...
+
+
+def trainer_of(modality: Modality) -> Trainer | None:
+    """The modality's own training, or None for SimCLR's."""
+    return modality if isinstance(modality, Trainer) else None
+
+
+NAMES = ("image", "series", "text", "video", "paired")
+_MODULES = {
+    "image": "simclr.image", "series": "simclr.series", "text": "simclr.text", "video": "simclr.video",
+    "paired": "simclr.paired",
+}
 
 SERIES_SUFFIXES = (".ts",)
 TEXT_SUFFIXES = (".txt", ".jsonl", ".tsv")
@@ -119,6 +150,8 @@ def detect(source: str) -> str:
     suffix = path.suffix.lower()
     if suffix in SERIES_SUFFIXES or (path.is_dir() and any(path.glob("*.ts"))):
         return "series"
+    if suffix in (".csv", ".jsonl") and path.is_file() and is_pair_manifest(path):
+        return "paired"
     if suffix in TEXT_SUFFIXES:
         return "text"
     if suffix in VIDEO_SUFFIXES or (path.is_dir() and video_folder(path)):
@@ -132,6 +165,29 @@ def detect(source: str) -> str:
         fields = [v for row in body for v in row[1:-1]] or [v for row in body for v in row]
         return "series" if fields and all(numeric_field(v) for v in fields) else "text"
     return "image"
+
+
+# A manifest of (image, caption) pairs names both columns; a text file never has an image column.
+PAIR_IMAGE_COLUMNS = ("image", "image_path", "file", "filename", "path")
+PAIR_TEXT_COLUMNS = ("text", "caption", "sentence", "description", "prompt")
+
+
+def is_pair_manifest(path: Path) -> bool:
+    """A CSV header (or the first JSONL object) with both an image column and a caption column."""
+    import csv
+    import json
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    if path.suffix.lower() == ".jsonl":
+        try:
+            names = list(json.loads(first)) if first.strip().startswith("{") else []
+        except json.JSONDecodeError:
+            return False
+    else:
+        names = next(csv.reader([first]), [])
+    lower = {n.strip().lower() for n in names}
+    return bool(lower & set(PAIR_IMAGE_COLUMNS)) and bool(lower & set(PAIR_TEXT_COLUMNS))
 
 
 def resolve(cfg: Config, source: str | None = None) -> str:

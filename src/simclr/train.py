@@ -31,7 +31,7 @@ from simclr.global_bn import to_global_batchnorm
 from simclr.image import build_augment  # noqa: F401 - its home before modalities; kept importable here
 from simclr.loss import nt_xent
 from simclr.metrics import MetricsLogger
-from simclr.modality import Augment, Modality, get, resolve
+from simclr.modality import Augment, Modality, Objective, get, resolve, trainer_of
 from simclr.model import SimCLR, build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr
 from simclr.report import build_report
@@ -96,6 +96,7 @@ class Run:
     steps_per_epoch: int
     local_batch: int  # this rank's share of the global batch
     channels_last: bool  # NHWC inputs and weights (image encoders)
+    objective: Objective | None = None  # a modality's own loss (paired data); None: SimCLR's
 
 
 def setup(cfg: Config) -> Run:
@@ -118,8 +119,12 @@ def setup(cfg: Config) -> Run:
             f"{len(inputs)} training inputs is fewer than one batch ({cfg.batch_size}); lower batch_size or add data"
         )
     shape = input_shape_of(train_data)
-    encoder = modality.build_encoder(cfg, shape, train_data)
-    model = build_model(encoder, proj_dim=cfg.model.proj_dim, head_version=cfg.model.head_version).to(device)
+    own = trainer_of(modality)  # paired data brings its own network and loss
+    if own is not None:
+        model = own.build_model(cfg, shape, train_data).to(device)
+    else:
+        encoder = modality.build_encoder(cfg, shape, train_data)
+        model = build_model(encoder, proj_dim=cfg.model.proj_dim, head_version=cfg.model.head_version).to(device)
     channels_last = nhwc(cfg, shape)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -140,6 +145,7 @@ def setup(cfg: Config) -> Run:
         steps_per_epoch=steps_per_epoch,
         local_batch=cfg.batch_size // world,
         channels_last=channels_last,
+        objective=own.objective(cfg, model, train_data, device) if own is not None else None,
     )
 
 
@@ -153,7 +159,10 @@ def train_step(
 ) -> torch.Tensor:
     """One SimCLR update on two views of this rank's samples; returns the (local) loss."""
     z1, z2 = net(x1, x2)  # (n, proj_dim) each, both views in one forward pass
-    loss = nt_xent(z1, z2, temperature)  # negatives from every rank
+    return update(optimizer, nt_xent(z1, z2, temperature))  # negatives from every rank
+
+
+def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
@@ -190,11 +199,15 @@ def train_one_epoch(
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         start = progress.batch * cfg.batch_size + dist.rank() * run.local_batch
-        x = images[order[start : start + run.local_batch]].to(run.device, non_blocking=True)
-        x1, x2 = two_views(run.augment, x, aug_gen)  # (n, ...) each, per-sample randomness
-        if run.channels_last:
-            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
-        loss = train_step(run.net, run.optimizer, x1, x2, cfg.temperature)
+        rows = order[start : start + run.local_batch]
+        x = images[rows].to(run.device, non_blocking=True)
+        if run.objective is not None:  # the modality's own views and loss (paired data)
+            loss = update(run.optimizer, run.objective(run.net, x, rows, aug_gen))
+        else:
+            x1, x2 = two_views(run.augment, x, aug_gen)  # (n, ...) each, per-sample randomness
+            if run.channels_last:
+                x1, x2 = (v.contiguous(memory_format=torch.channels_last) for v in (x1, x2))
+            loss = train_step(run.net, run.optimizer, x1, x2, cfg.temperature)
         if not torch.isfinite(loss):  # all ranks agree: the gathered negatives are shared
             raise UserError(
                 f"loss is {loss.item()} at step {progress.step}: lower optim.lr, raise the temperature, "
@@ -307,8 +320,9 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         raise UserError(f"stopped at step {progress.step}; continue with: simclr train --resume {run.out}") from None
     finally:
         logger.close()
+    own = trainer_of(run.modality)
     features = None
-    if labelled(run):  # every rank encodes its share of the evaluation images
+    if labelled(run) and own is None:  # every rank encodes its share of the evaluation images
         assert run.test_data is not None
         features = gather_eval_features(cfg, run.model.encoder, run.train_data, run.test_data, run.device)
     # Leave the group before the rest of the evaluation: fine-tuning copies of the encoder must
@@ -319,7 +333,9 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         return run.out, None
     save_encoder(run.out / "encoder.safetensors", run.model.encoder)
     results = None
-    if features is not None:
+    if own is not None:  # e.g. paired data: retrieval, zero-shot and the image probes
+        results = own.evaluate(cfg, run.model, run.train_data, run.test_data, run.device, run.out)
+    elif features is not None:
         assert run.test_data is not None
         results = evaluate_encoder(
             cfg, run.model.encoder, run.train_data, run.test_data, run.device, run.out, features=features,

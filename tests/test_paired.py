@@ -1,0 +1,222 @@
+"""Paired image + caption training: retrieval and zero-shot math, prompt sampling, manifests,
+the learned temperature in the training step, and the CLI end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from sklearn.datasets import load_digits
+
+from simclr.cli import main
+from simclr.config import load_config
+from simclr.errors import UserError
+from simclr.modality import detect
+from simclr.model import build_encoder
+from simclr.paired.data import load_pairs
+from simclr.paired.evaluate import caption_groups, retrieval_recall, zero_shot_accuracy
+from simclr.paired.model import PairedObjective
+from simclr.train import update
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def run(*args: str) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 real scikit-learn digits as 8 px PNGs in class folders "zero".."nine"."""
+    root = tmp_path_factory.mktemp("pairs") / "digits"
+    d = load_digits()
+    for i, (image, y) in enumerate(zip(d.images[:200], d.target[:200], strict=True)):
+        folder = root / NAMES[y]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 16).clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def manifest(folder: Path, digits: Path, n: int = 60, suffix: str = ".csv", broken: int = 0) -> Path:
+    """A manifest of `n` digit images (paths relative to it) with captions, plus `broken` rows
+    whose image file is not an image."""
+    files = sorted(digits.rglob("*.png"))[:n]
+    rows = [(os.path.relpath(f, folder), f"a handwritten {f.parent.name}", f.parent.name) for f in files]
+    for k in range(broken):
+        (folder / f"bad{k}.png").write_bytes(b"not an image")
+        rows.append((f"bad{k}.png", "a broken file", "zero"))
+    path = folder / f"pairs{suffix}"
+    if suffix == ".csv":
+        path.write_text("image,caption,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    else:
+        path.write_text("".join(json.dumps({"image": a, "text": b}) + "\n" for a, b, _ in rows))
+    return path
+
+
+def test_retrieval_recall_on_hand_built_embeddings() -> None:
+    image = torch.eye(4)
+    text = torch.eye(4)[[0, 1, 3, 2]]  # the captions of pairs 2 and 3 are swapped
+    r = retrieval_recall(image, text, ks=(1, 2))
+    assert r == {"i2t_r1": 0.5, "i2t_r2": 1.0, "t2i_r1": 0.5, "t2i_r2": 1.0}
+    # Pairs 2 and 3 with one caption text: each is the other's partner.
+    assert retrieval_recall(image, text, torch.tensor([0, 1, 2, 2]), ks=(1,))["i2t_r1"] == 1.0
+
+
+def test_retrieval_recall_matches_a_loop() -> None:
+    gen = torch.Generator().manual_seed(0)
+    image, text = torch.randn(40, 6, generator=gen), torch.randn(40, 6, generator=gen)
+    groups = torch.randint(0, 30, (40,), generator=gen)
+    got = retrieval_recall(image, text, groups, ks=(1, 5, 10), batch_size=7)
+    a, b = torch.nn.functional.normalize(image, dim=1), torch.nn.functional.normalize(text, dim=1)
+    for name, sim in (("i2t", a @ b.T), ("t2i", b @ a.T)):
+        for k in (1, 5, 10):
+            hits = sum(any(groups[j] == groups[i] for j in sim[i].argsort(descending=True)[:k]) for i in range(40))
+            assert got[f"{name}_r{k}"] == pytest.approx(hits / 40)
+
+
+def test_zero_shot_on_separable_embeddings() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(30) % 3
+    class_z = torch.eye(3)
+    image_z = 5 * class_z[labels] + 0.1 * torch.randn(30, 3, generator=gen)
+    assert zero_shot_accuracy(image_z, class_z, labels) == 1.0
+    image_z[:6] = class_z[(labels[:6] + 1) % 3]  # 6 of 30 point at the wrong class
+    assert zero_shot_accuracy(image_z, class_z, labels) == pytest.approx(0.8)
+    assert caption_groups(["a", "b", "a"]).tolist() == [0, 1, 0]
+
+
+class Recorder(torch.nn.Module):
+    """A stand-in network that keeps the token ids it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.seen.append(ids.clone())
+        return images.flatten(1)[:, :4] * self.scale, ids[:, :4].float() * self.scale
+
+
+def test_prompt_templates_are_drawn_per_sample_seeded_and_varied() -> None:
+    n, templates = 64, 8
+    captions = (torch.arange(templates) + 3).view(1, templates, 1).expand(n, templates, 4).clone()  # id = template + 3
+    model = Recorder()
+    model.temperature = lambda: torch.tensor(0.1)  # type: ignore[assignment]
+    objective = PairedObjective(model, lambda x, gen: x.float(), captions)  # type: ignore[arg-type]
+    x, rows = torch.rand(n, 1, 4, 4), torch.arange(n)
+
+    def draws(seed: int) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        model.seen.clear()
+        for _ in range(2):
+            objective(model, x, rows, gen)
+        return [s[:, 0] - 3 for s in model.seen]
+
+    first, second = draws(0)
+    assert set(first.tolist()) == set(range(templates))  # every template in one batch of 64
+    assert not torch.equal(first, second)  # a new draw at every step
+    assert all(torch.equal(a, b) for a, b in zip(draws(0), [first, second], strict=True))  # seeded
+
+
+def test_learned_temperature_gets_gradients_and_stays_clamped(digits_folder: Path) -> None:
+    from simclr.paired import MODALITY, build_paired_model
+
+    cfg = load_config(None, ["data.modality=paired", "text.width=8", "paired.temperature=0.02",
+                             "paired.min_temperature=0.01"])
+    data = load_pairs(str(digits_folder), cfg)
+    model = build_paired_model(cfg, [1, 8, 8], data.text_length, data)
+    objective = MODALITY.objective(cfg, model, data, torch.device("cpu"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen, rows = torch.Generator().manual_seed(0), torch.arange(32)
+    log_inverse = model.temperature.log_inverse
+    loss = objective(model, data.images[rows], rows, gen)
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert log_inverse.grad is not None and torch.isfinite(log_inverse.grad) and log_inverse.grad.abs() > 0
+    with torch.no_grad():
+        log_inverse.fill_(math.log(1 / 0.001))  # past the clamp: tau stays at its minimum
+    assert model.temperature().item() == pytest.approx(0.01)
+    assert torch.isfinite(objective(model, data.images[rows], rows, gen))
+    update(optimizer, objective(model, data.images[rows], rows, gen))  # the loop's own update
+
+
+def test_csv_and_jsonl_manifests_with_a_broken_image(
+    tmp_path: Path, digits_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = load_config(None, ["data.modality=paired"])
+    source = manifest(tmp_path, digits_folder, n=30, broken=2)
+    with caplog.at_level(logging.WARNING, logger="simclr"):
+        data = load_pairs(str(source), cfg)
+    assert len(data) == 30 and data.captions.shape[:2] == (30, 1) and data.images.dtype == torch.uint8
+    assert data.texts[0] == [f"a handwritten {Path(data.ids[0]).parent.name}"]  # type: ignore[index]
+    assert data.classes is not None and data.labels is not None
+    assert [Path(p).name for p, _ in data.skipped] == ["bad0.png", "bad1.png"]
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "2 files skipped" in warning and "bad0.png" in warning and "bad1.png" in warning
+    lines = manifest(tmp_path, digits_folder, n=10, suffix=".jsonl")
+    data = load_pairs(str(lines), cfg)
+    assert len(data) == 10 and data.labels is None
+    assert detect(str(source)) == "paired" and detect(str(lines)) == "paired"
+
+
+def test_manifest_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.csv").write_text("image,label\na.png,x\n")  # no caption column
+    code, err = run("train", "--data", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "r"), "data.modality=paired")
+    assert code == 2 and err.strip().count("\n") == 0 and "no caption column" in err
+    with pytest.raises(UserError, match="only"):
+        load_config(None, ["paired.modalities=[image,series]"])
+    with pytest.raises(UserError, match="heldout_fraction"):
+        load_config(None, ["paired.heldout_fraction=0"])
+
+
+def test_cli_class_prompts_train_eval_embed_export(tmp_path: Path, digits_folder: Path) -> None:
+    out = tmp_path / "run"
+    code, err = run("train", "--data", str(digits_folder), "--epochs", "1", "--batch-size", "32", "--out", str(out),
+                    "data.modality=paired", "text.width=16", "threads=1", "device=cpu", "eval_finetune=false",
+                    "report=false", "eval_knn_k=20", f"data.cache_dir={tmp_path / 'cache'}")
+    assert code == 0, err[-3000:]
+    results = json.loads((out / "eval.json").read_text())
+    assert {"paired", "random_init", "raw_pixels"} <= results.keys()
+    for metric in ("zero_shot", "i2t_r1", "i2t_r10", "t2i_r5", "linear"):
+        assert 0 <= results["paired"][metric] <= 1
+    assert run("eval", str(out), "--no-finetune")[0] == 0
+    code, err = run("embed", str(out), "--data", str(digits_folder), "--out", str(tmp_path / "e.npz"))
+    assert code == 0, err[-2000:]
+    e = np.load(tmp_path / "e.npz")
+    assert e["image_embeddings"].shape == (200, 256) and e["text_shared"].shape == (200, 128)
+    assert np.allclose(np.linalg.norm(e["image_shared"], axis=1), 1, atol=1e-5) and e["texts"][0].startswith("a ")
+    code, _ = run("embed", str(out), "--data", str(digits_folder), "--out", str(tmp_path / "t.npz"), "--side", "text")
+    assert code == 0 and "image_embeddings" not in np.load(tmp_path / "t.npz")
+    assert run("export", str(out), "--format", "safetensors")[0] == 0
+    image = build_encoder("small_cnn", 1, 8)
+    image.load_state_dict(load_file(out / "encoder.safetensors"), strict=True)  # as an image run's export
+    assert load_file(out / "encoder-text.safetensors") and "temperature.log_inverse" in load_file(
+        out / "encoder-heads.safetensors")
+
+
+def test_cli_on_an_unlabelled_csv_manifest(tmp_path: Path, digits_folder: Path) -> None:
+    (tmp_path / "m").mkdir()
+    rows = [f"{os.path.relpath(f, tmp_path / 'm')},a digit drawn as {f.parent.name}\n"
+            for f in sorted(digits_folder.rglob("*.png"))[:80]]
+    source = tmp_path / "m" / "pairs.csv"
+    source.write_text("path,caption\n" + "".join(rows))
+    out = tmp_path / "run"
+    code, err = run("train", "--data", str(source), "--epochs", "1", "--batch-size", "16", "--out", str(out),
+                    "text.width=16", "threads=1", "device=cpu", "report=false", "paired.learn_temperature=false")
+    assert code == 0, err[-3000:]
+    results = json.loads((out / "eval.json").read_text())
+    assert set(results) == {"paired", "random_init", "notes"} and "zero_shot" not in results["paired"]
+    assert "8 held-out pairs" in results["notes"][0]
