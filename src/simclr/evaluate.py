@@ -136,16 +136,24 @@ def linear_probe(
     is chosen on a stratified validation fifth of the training features (never on the test
     set) when every class has at least 5 examples, else C = 1."""
 
-    def fit(x: np.ndarray, y: np.ndarray, c: float) -> object:
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-        return clf.fit(x, y)
-
+    # One model, warm-started: each C of the grid (strongest regularization first) starts from
+    # the previous solution, and the final fit from the chosen C's, so L-BFGS needs far fewer
+    # iterations than from zero (the optimum is the same; `make bench-quality` spends minutes here).
+    model = LogisticRegression(C=1.0, max_iter=2000, warm_start=True)
+    clf = make_pipeline(StandardScaler(), model)
     c_best = 1.0
     if np.bincount(train_y).min(initial=0) >= 5 and len(c_grid) > 1:
         tr, va = stratified_split(train_y, 0.2, seed)
-        scores = [fit(train_x[tr], train_y[tr], c).score(train_x[va], train_y[va]) for c in c_grid]  # type: ignore[attr-defined]
-        c_best = c_grid[int(np.argmax(scores))]
-    return float(fit(train_x, train_y, c_best).score(test_x, test_y))  # type: ignore[attr-defined]
+        scores, solutions = [], []
+        for c in sorted(c_grid):
+            model.set_params(C=c)
+            scores.append(clf.fit(train_x[tr], train_y[tr]).score(train_x[va], train_y[va]))
+            solutions.append((model.coef_.copy(), model.intercept_.copy()))
+        best = int(np.argmax(scores))
+        c_best = sorted(c_grid)[best]
+        model.coef_, model.intercept_ = solutions[best]
+    model.set_params(C=c_best)
+    return float(clf.fit(train_x, train_y).score(test_x, test_y))
 
 
 def knn_accuracy(
