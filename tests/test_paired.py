@@ -190,8 +190,10 @@ def test_cli_class_prompts_train_eval_embed_export(tmp_path: Path, digits_folder
     assert code == 0, err[-3000:]
     results = json.loads((out / "eval.json").read_text())
     assert {"paired", "random_init", "raw_pixels"} <= results.keys()
-    for metric in ("zero_shot", "i2t_r1", "i2t_r10", "t2i_r5", "linear"):
+    for metric in ("zero_shot", "i2t_r1", "i2t_r10", "t2i_r5", "linear", "text_linear"):
         assert 0 <= results["paired"][metric] <= 1
+    # The text side's probe: every caption names its class, so even 1 epoch separates them.
+    assert results["paired"]["text_linear"] > 0.5
     assert run("eval", str(out), "--no-finetune")[0] == 0
     code, err = run("embed", str(out), "--data", str(digits_folder), "--out", str(tmp_path / "e.npz"))
     assert code == 0, err[-2000:]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simclr.evaluate import evaluate_suite, extract_features, raw_pixels_baseline, seeded
+from simclr.evaluate import evaluate_suite, extract_features, linear_probe, raw_pixels_baseline, seeded
 from simclr.finetune import FinetuneSettings
 from simclr.paired.data import PairedData, class_prompts
 from simclr.paired.model import PairedModel
@@ -94,6 +94,17 @@ def cross_modal_metrics(
     return row, note
 
 
+def text_probe(model: PairedModel, train: PairedData, test: PairedData, seed: int, device: torch.device | str) -> float:
+    """The per-modality probe of the text side: the linear probe (as for images) on the text
+    encoder's h of one seeded caption per pair. With class-prompt captions it is near 1 by
+    construction (the caption names the class); with a labelled manifest it measures the text."""
+    (train_ids, _), (test_ids, _) = train.fixed_captions(seed), test.fixed_captions(seed)
+    assert train.labels is not None and test.labels is not None
+    xtr = extract_features(model.text_encoder, train_ids, device=device).numpy()
+    xte = extract_features(model.text_encoder, test_ids, device=device).numpy()
+    return linear_probe(xtr, train.labels.numpy(), xte, test.labels.numpy(), seed)
+
+
 def evaluate_paired(
     model: PairedModel, make_random: Callable[[], PairedModel], train: PairedData, test: PairedData,
     templates: list[str], max_length: int, seed: int, device: torch.device | str = "cpu",
@@ -109,6 +120,8 @@ def evaluate_paired(
     notes: list[str] = []
     for name, m in (("paired", model), ("random_init", random_model)):
         results[name], note = cross_modal_metrics(m, test, templates, max_length, seed, device)
+        if train.labels is not None and test.labels is not None:  # the text side's own probe
+            results[name]["text_linear"] = text_probe(m, train, test, seed, device)
     notes.append(note)
     if train.labels is not None and test.labels is not None:
         log.info("evaluating the image encoder: linear probe, kNN, label fractions")
