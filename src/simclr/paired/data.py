@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ import torch
 
 from simclr.data import load_images
 from simclr.data.decode import auto_size, decode_entries
+from simclr.data.imagedata import ImageData
 from simclr.data.images import UNREADABLE
 from simclr.data.listing import MAX_FILE_BYTES, Entry, printable
 from simclr.data.skipped import skip_summary
@@ -42,35 +43,15 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl")
 SHOWN_SKIPPED = 5  # skipped files named in the warning; all of them go to skipped_files.txt
 
 
-@dataclass
-class PairedData:
-    """Pairs as uint8 images and caption token ids, optionally labelled. `inputs` (the images)
-    is what the shared code sees: the image side is probed, monitored and reported as usual."""
+@dataclass(kw_only=True)
+class PairedData(ImageData):
+    """Pairs: the images of `ImageData` (uint8, with labels, classes, ids = image paths) plus
+    caption token ids. `inputs` (the images) is what the shared code sees: the image side is
+    probed, monitored and reported as usual."""
 
-    images: torch.Tensor  # (N, C, H, W) uint8
     captions: torch.Tensor  # (N, T, L) int64: T candidate captions per pair, right-padded
     texts: list[list[str]]  # the same captions as text, (N, T)
     tokenizer: Any  # tokenizers.Tokenizer
-    labels: torch.Tensor | None
-    name: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    classes: list[str] | None = None
-    ids: list[str] | None = None  # each pair's image path
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def inputs(self) -> torch.Tensor:
-        return self.images
-
-    @property
-    def channels(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.images.shape[-1])
 
     @property
     def text_length(self) -> int:
@@ -82,11 +63,10 @@ class PairedData:
 
     def subset(self, index: np.ndarray | torch.Tensor) -> PairedData:
         idx = torch.as_tensor(index, dtype=torch.long)
-        rows = idx.tolist()
-        labels = self.labels[idx] if self.labels is not None else None
-        ids = [self.ids[i] for i in rows] if self.ids is not None else None
-        return PairedData(self.images[idx], self.captions[idx], [self.texts[i] for i in rows], self.tokenizer,
-                          labels, self.name, list(self.skipped), self.classes, ids)
+        images = super().subset(idx)
+        return PairedData(images.images, images.labels, images.name, images.skipped, images.classes, images.ids,
+                          captions=self.captions[idx], texts=[self.texts[i] for i in idx.tolist()],
+                          tokenizer=self.tokenizer)
 
     def fixed_captions(self, seed: int) -> tuple[torch.Tensor, list[str]]:
         """One caption per pair, drawn once (seeded): what evaluation and `embed` use.
@@ -236,8 +216,8 @@ def load_pairs(
         ids = data.ids
     tokenizer = tokenizer or train_tokenizer(sorted({t for row in texts for t in row}), cfg.text.vocab_size)
     captions_t = _tokenize(tokenizer, texts, text_length, cfg.text.max_length)
-    return PairedData(images, captions_t, texts, tokenizer, labels, name, skipped,
-                      classes if labels is not None else None, ids)
+    return PairedData(images, labels, name, skipped, classes if labels is not None else None, ids,
+                      captions=captions_t, texts=texts, tokenizer=tokenizer)
 
 
 def _tokenize(tokenizer: Any, texts: list[list[str]], length: int | None, max_length: int) -> torch.Tensor:
