@@ -52,25 +52,11 @@ def render(mnist: str, out: Path, per_class: int, frames: int, canvas: int, fps:
 def seconds_per_step(folder: Path, overrides: list[str], steps: int = 3) -> tuple[float, int]:
     """Time a few real training steps (after one warm-up) of the benchmark's model on its data;
     returns (seconds per step, steps per epoch)."""
-    from simclr.augment import two_views
-    from simclr.config import load_config
-    from simclr.experiment import input_shape_of, load_datasets
-    from simclr.modality import get
-    from simclr.model import build_model
-    from simclr.optim import build_optimizer
-    from simclr.train import train_step
+    from step_timing import seconds_per_step as timed
 
-    cfg = load_config(None, [f"data.source={folder}", *overrides])
-    train_data, _ = load_datasets(cfg)
-    modality, shape = get("video"), input_shape_of(train_data)
-    model = build_model(modality.build_encoder(cfg, shape), cfg.model.proj_dim)
-    optimizer = build_optimizer(model, cfg.optim.name, 0.1, cfg.optim.weight_decay)
-    augment, x = modality.build_augment(cfg, shape), train_data.inputs[: cfg.batch_size]
-    train_step(model, optimizer, *two_views(augment, x), cfg.temperature)
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, optimizer, *two_views(augment, x), cfg.temperature)
-    return (time.perf_counter() - start) / steps, len(train_data) // cfg.batch_size
+    from simclr.config import load_config
+
+    return timed(load_config(None, [f"data.source={folder}", *overrides]), steps)
 
 
 def main() -> None:

@@ -12,17 +12,12 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import step_timing  # benchmarks/, beside this script
 import torch
 
-from simclr.augment import two_views
 from simclr.config import load_config
-from simclr.experiment import load_datasets
-from simclr.model import build_model
-from simclr.optim import build_optimizer
-from simclr.train import build_augment, train_step
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # The paper's advice for small batches and few epochs (appendix B.1): square-root learning-rate
@@ -50,16 +45,7 @@ CASES = {
 def seconds_per_step(overrides: list[str], data: str, eval_data: str, steps: int = 6) -> tuple[float, int]:
     """Measured time of one training step (after a warm-up) and the steps in one epoch."""
     cfg = load_config(None, [*overrides, f"data.source={data}", f"data.eval_source={eval_data}"])
-    train_data, _ = load_datasets(cfg)
-    model = build_model(cfg.model.encoder, train_data.channels, train_data.image_size)
-    optimizer = build_optimizer(model, cfg.optim.name, 0.1, cfg.optim.weight_decay)
-    augment = build_augment(cfg.augment, train_data.image_size)
-    x = train_data.images[: cfg.batch_size]
-    train_step(model, optimizer, *two_views(augment, x), cfg.temperature)
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, optimizer, *two_views(augment, x), cfg.temperature)
-    return (time.perf_counter() - start) / steps, len(train_data) // cfg.batch_size
+    return step_timing.seconds_per_step(cfg, steps)
 
 
 def main() -> None:
