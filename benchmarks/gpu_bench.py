@@ -238,19 +238,24 @@ def main() -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:5.0f} s] {msg}", flush=True)
 
-    # Checks compare against the CPU; in --smoke mode both sides are the CPU.
-    res["check_loss"] = check_loss(device, 64 if small else 1024)
-    log(f"loss CUDA vs CPU: {json.dumps(res['check_loss'])}")
-    res["check_augment"] = check_augment(device, images)
-    log(f"augment statistics ok: {[v['ok'] for v in res['check_augment'].values()]}")
-    res["check_autocast"] = check_autocast(device)
-    log(f"bf16 autocast loss vs float32: {res['check_autocast']}")
+    def section(key: str, fn: Callable[[], Any]) -> None:
+        """Run one part; a failure is recorded and the rest still runs. The JSON is rewritten
+        after every part, so a run stopped by its time limit keeps what it measured."""
+        try:
+            res[key] = fn()
+            log(f"{key}: {json.dumps(res[key])}")
+        except Exception as exc:  # the report names it; the other parts go on
+            res[key] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"{key} FAILED: {res[key]['error']}")
+        res["total_s"] = time.perf_counter() - started
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 
-    res["augment"] = bench_augment(device, images, 256 if small else 4096, 2 if small else 20)
-    log(f"augment: {res['augment']}")
-    res["loss"] = bench_loss(device, (256,) if small else (256, 1024, 4096, 8192), 2 if small else 10)
-    log(f"loss: {json.dumps(res['loss'])}")
-    train: dict[str, Any] = {}
+    # Checks compare against the CPU; in --smoke mode both sides are the CPU.
+    section("check_loss", lambda: check_loss(device, 64 if small else 1024))
+    section("check_augment", lambda: check_augment(device, images))
+    section("check_autocast", lambda: check_autocast(device))
+    section("augment", lambda: bench_augment(device, images, 256 if small else 4096, 2 if small else 20))
+    section("loss", lambda: bench_loss(device, (256,) if small else (256, 1024, 4096, 8192), 2 if small else 10))
     for name, encoder, size, batch, bf16 in (
         ("resnet18_32px_fp32", "resnet18", 32, 256, False),
         ("resnet18_32px_bf16", "resnet18", 32, 512, True),
@@ -259,19 +264,23 @@ def main() -> int:
     ):
         if small:
             size, batch = min(size, 32), 8
-        train[name] = bench_training(device, encoder, size, batch, 2 if small else 10, bf16, channels_last=True)
-        log(f"{name}: {train[name]}")
-    res["training"] = train
-    res["total_s"] = time.perf_counter() - started
-    ok = all(v["ok"] for v in res["check_loss"].values()) and all(v["ok"] for v in res["check_augment"].values())
-    res["checks_ok"] = ok and res["check_autocast"]["ok"]
+        section(f"train_{name}", lambda e=encoder, s=size, b=batch, f=bf16: bench_training(
+            device, e, s, b, 2 if small else 10, f, channels_last=True))
+    train = {k.removeprefix("train_"): v for k, v in res.items() if k.startswith("train_") and "error" not in v}
+
+    def ok(key: str) -> bool:
+        value = res.get(key, {})
+        return "error" not in value and (all(v["ok"] for v in value.values()) if key != "check_autocast"
+                                         else bool(value["ok"]))
+
+    res["checks_ok"] = all(ok(k) for k in ("check_loss", "check_augment", "check_autocast"))
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 
     print(f"\nSimCLR on {res['device']} ({res['date']}), checks {'passed' if res['checks_ok'] else 'FAILED'}")
     print(f"{'case':<44} {'figure':>12}")
-    for size, r in res["augment"].items():
+    for size, r in res["augment"].items() if "error" not in res["augment"] else ():
         print(f"{'augment two views ' + size + ', images/s':<44} {r['images_per_s']:>12.0f}")
-    for n, row in res["loss"].items():
+    for n, row in res["loss"].items() if "error" not in res["loss"] else ():
         for impl, r in row.items():
             mem = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
             print(f"{f'nt_xent N={n} {impl}: ms, peak':<44} {r['seconds'] * 1e3:>12.2f} {mem:>10}")

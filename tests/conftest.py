@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -15,3 +16,8 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The device of the CLI tests' runs: cpu here and in CI; benchmarks/gpu.sh sets
+# SIMCLR_TEST_DEVICE=cuda to run the same end-to-end tests on a GPU.
+TEST_DEVICE = f"device={os.environ.get('SIMCLR_TEST_DEVICE', 'cpu')}"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TEST_DEVICE
 from safetensors.torch import load_file
 
 from simclr.config import load_config
@@ -34,7 +35,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Comp
     work = tmp_path_factory.mktemp("cli")
     out = work / "run"
     proc = subprocess.run(
-        simclr_command("train", "--epochs", "1", "--out", str(out), "device=cpu", "eval_finetune=false",
+        simclr_command("train", "--epochs", "1", "--out", str(out), TEST_DEVICE, "eval_finetune=false",
                        "report=false"),
         cwd=work, env=environment(), capture_output=True, text=True, timeout=TIMEOUT,
     )

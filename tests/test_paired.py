@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TEST_DEVICE
 from PIL import Image
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
@@ -185,7 +186,7 @@ def test_manifest_errors_are_one_line(tmp_path: Path) -> None:
 def test_cli_class_prompts_train_eval_embed_export(tmp_path: Path, digits_folder: Path) -> None:
     out = tmp_path / "run"
     code, err = run("train", "--data", str(digits_folder), "--epochs", "1", "--batch-size", "32", "--out", str(out),
-                    "data.modality=paired", "text.width=16", "threads=1", "device=cpu", "eval_finetune=false",
+                    "data.modality=paired", "text.width=16", "threads=1", TEST_DEVICE, "eval_finetune=false",
                     "report=false", "eval_knn_k=20", f"data.cache_dir={tmp_path / 'cache'}")
     assert code == 0, err[-3000:]
     results = json.loads((out / "eval.json").read_text())
@@ -217,7 +218,7 @@ def test_cli_on_an_unlabelled_csv_manifest(tmp_path: Path, digits_folder: Path) 
     source.write_text("path,caption\n" + "".join(rows))
     out = tmp_path / "run"
     code, err = run("train", "--data", str(source), "--epochs", "1", "--batch-size", "16", "--out", str(out),
-                    "text.width=16", "threads=1", "device=cpu", "report=false", "paired.learn_temperature=false")
+                    "text.width=16", "threads=1", TEST_DEVICE, "report=false", "paired.learn_temperature=false")
     assert code == 0, err[-3000:]
     results = json.loads((out / "eval.json").read_text())
     assert set(results) == {"paired", "random_init", "notes"} and "zero_shot" not in results["paired"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TEST_DEVICE
 from sklearn.neighbors import KNeighborsClassifier
 
 from simclr.cli import main
@@ -143,7 +144,7 @@ def test_cli_end_to_end_on_racket_sports(tmp_path: Path) -> None:
         pytest.skip(f"{source} is absent (the shared UCR/UEA data sets)")
     out = tmp_path / "run"
     proc = run("train", "--data", str(source), "--epochs", "1", "--batch-size", "64", "--out", str(out),
-               "series.width=16", "data.pretrain_on=all", "threads=1", "device=cpu", "eval_finetune=false",
+               "series.width=16", "data.pretrain_on=all", "threads=1", TEST_DEVICE, "eval_finetune=false",
                "report=false", "eval_knn_k=5", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(out / "checkpoint.pt", weights_only=True)

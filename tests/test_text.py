@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TEST_DEVICE
 
 from simclr.cli import main
 from simclr.config import TextConfig
@@ -120,7 +121,7 @@ def test_cli_end_to_end_on_sms_spam(tmp_path: Path) -> None:
     out = tmp_path / "run"
     code, err = run("train", "--data", str(source), "--epochs", "1", "--batch-size", "64", "--out", str(out),
                     "text.encoder=transformer", "text.width=16", "text.vocab_size=500", "text.max_length=32",
-                    "threads=1", "device=cpu", "eval_finetune=false", "report=false", "eval_knn_k=20")
+                    "threads=1", TEST_DEVICE, "eval_finetune=false", "report=false", "eval_knn_k=20")
     assert code == 0, err[-3000:]
     assert (out / "tokenizer.json").is_file()
     state = torch.load(out / "checkpoint.pt", weights_only=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_DEVICE
 from sklearn.datasets import load_digits
 
 from simclr.errors import UserError
@@ -209,7 +210,7 @@ def test_cli_end_to_end_on_digit_clips(tmp_path: Path, caplog: pytest.LogCapture
     out = tmp_path / "run"
     video = ["video.encoder=small_cnn", "video.frames=6", "video.clip_frames=4", "video.size=16", "data.channels=1"]
     code, err = run_cli("train", "--data", str(folder), "--epochs", "1", "--batch-size", "8", "--out", str(out),
-                        *video, f"data.cache_dir={tmp_path / 'cache'}", "threads=1", "device=cpu",
+                        *video, f"data.cache_dir={tmp_path / 'cache'}", "threads=1", TEST_DEVICE,
                         "eval_finetune=false", "eval_knn_k=5", "report=false")
     assert code == 0, err[-3000:]
     assert "1 video file skipped (undecodable): 1/broken.mp4" in caplog.text and "Traceback" not in err

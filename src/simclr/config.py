@@ -205,6 +205,11 @@ class Config:
     # NHWC memory layout for the encoder and its inputs (faster convolutions with oneDNN and
     # cuDNN; `make bench` measures it). Results differ from NCHW only by float rounding.
     channels_last: bool = True
+    # Forward passes in bfloat16 autocast (the loss and the optimizer stay in float32). auto:
+    # bf16 on CUDA, where it is ~2x faster (benchmarks/gpu.sh); float32 on the CPU, where
+    # oneDNN's bf16 convolutions were slower on this project's machines (`make bench`).
+    precision: str = "auto"  # auto, bf16, fp32
+    compile: bool = False  # torch.compile the network the loop calls (a one-off compile first)
     sync_batchnorm: bool = True  # with several processes: BN statistics over the global batch
     dist_timeout_s: float = 1800.0  # collectives fail after this instead of hanging
 
@@ -239,6 +244,7 @@ def _validate(cfg: Config) -> None:
     _check_choice("optim.lr_scaling", cfg.optim.lr_scaling, ("linear", "sqrt", "none"))
     _check_choice("data.channels", cfg.data.channels, (None, 1, 3))
     _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+    _check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
     _check_choice("data.modality", cfg.data.modality, ("auto", "image", "series", "text", "video", "paired"))
     _check_choice("data.pretrain_on", cfg.data.pretrain_on, ("train", "all"))
     _check_choice("series.encoder", cfg.series.encoder, ("fcn", "resnet1d", "gru", "lstm", "transformer"))

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as torch_dist
 import torch.distributed.nn.functional as dist_fn
 
+from simclr.errors import UserError
+
 # The autograd-aware collectives below work and are what the maths needs; their announced
 # successor is a private module, so keep them and silence the notice.
 warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional", category=FutureWarning)
@@ -33,19 +35,27 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def init_from_env(timeout_s: float) -> None:
-    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU). Collectives
-    time out after `timeout_s` so a dead or missing rank is an error, not a hang."""
+def init_from_env(timeout_s: float, device: str = "auto") -> None:
+    """Join the process group torchrun describes: nccl with one GPU per process, gloo on the
+    CPU (`device=cpu`, or no CUDA). Collectives time out after `timeout_s` so a dead or missing
+    rank is an error, not a hang."""
     if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
-    cuda = torch.cuda.is_available()
+    cuda = device.split(":")[0] != "cpu" and torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise UserError(
+                f"local rank {local} has no GPU of its own ({torch.cuda.device_count()} visible): start at most "
+                "that many processes per node, or train on the CPU with device=cpu"
+            )
+        torch.cuda.set_device(local)
     torch_dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
 
 
 def local_device() -> torch.device:
-    if torch.cuda.is_available():
+    """This process's device: its own GPU under nccl, else the CPU."""
+    if is_distributed() and torch_dist.get_backend() == "nccl":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
@@ -79,7 +89,7 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def _collective_device() -> torch.device:
-    return local_device() if torch_dist.get_backend() == "nccl" else torch.device("cpu")
+    return local_device()
 
 
 def mean(x: torch.Tensor) -> torch.Tensor:

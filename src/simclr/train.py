@@ -96,11 +96,12 @@ class Run:
     steps_per_epoch: int
     local_batch: int  # this rank's share of the global batch
     channels_last: bool  # NHWC inputs and weights (image encoders)
+    bf16: bool  # forward passes under bfloat16 autocast
     objective: Objective | None = None  # a modality's own loss (paired data); None: SimCLR's
 
 
 def setup(cfg: Config) -> Run:
-    dist.init_from_env(cfg.dist_timeout_s)
+    dist.init_from_env(cfg.dist_timeout_s, cfg.device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -133,6 +134,8 @@ def setup(cfg: Config) -> Run:
         if cfg.sync_batchnorm:  # the paper's global BN: statistics over the whole global batch
             model = to_global_batchnorm(model, cuda=device.type == "cuda")  # type: ignore[assignment]
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # `model` stays the plain module: checkpoints and evaluation use it
+        net = torch.compile(net)  # type: ignore[assignment]
     check_free_space(out, model, cfg.keep_checkpoints)
     peak_lr = scaled_lr(cfg.optim.lr, cfg.batch_size, cfg.optim.lr_scaling)  # scaled by the global batch
     optimizer = build_optimizer(model, cfg.optim.name, peak_lr, cfg.optim.weight_decay, cfg.optim.momentum)
@@ -145,6 +148,7 @@ def setup(cfg: Config) -> Run:
         steps_per_epoch=steps_per_epoch,
         local_batch=cfg.batch_size // world,
         channels_last=channels_last,
+        bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"),
         objective=own.objective(cfg, model, train_data, device) if own is not None else None,
     )
 
@@ -155,10 +159,14 @@ def nhwc(cfg: Config, input_shape: list[int]) -> bool:
 
 
 def train_step(
-    net: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor, temperature: float
+    net: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor, temperature: float,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """One SimCLR update on two views of this rank's samples; returns the (local) loss."""
-    z1, z2 = net(x1, x2)  # (n, proj_dim) each, both views in one forward pass
+    with torch.autocast(x1.device.type, dtype=torch.bfloat16, enabled=bf16):
+        z1, z2 = net(x1, x2)  # (n, proj_dim) each, both views in one forward pass
+    # Outside autocast: nt_xent computes in float32 (a bf16 similarity matrix over thousands of
+    # negatives loses the positives' margin).
     return update(optimizer, nt_xent(z1, z2, temperature))  # negatives from every rank
 
 
@@ -207,7 +215,7 @@ def train_one_epoch(
             x1, x2 = two_views(run.augment, x, aug_gen)  # (n, ...) each, per-sample randomness
             if run.channels_last:
                 x1, x2 = (v.contiguous(memory_format=torch.channels_last) for v in (x1, x2))
-            loss = train_step(run.net, run.optimizer, x1, x2, cfg.temperature)
+            loss = train_step(run.net, run.optimizer, x1, x2, cfg.temperature, run.bf16)
         if not torch.isfinite(loss):  # all ranks agree: the gathered negatives are shared
             raise UserError(
                 f"loss is {loss.item()} at step {progress.step}: lower optim.lr, raise the temperature, "
