@@ -18,16 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 from tqdm import tqdm
 
 from simclr import dist
 from simclr.errors import UserError
 from simclr.finetune import FinetuneSettings, clip_batch, finetune_accuracy
+from simclr.probe import linear_probe
 
 log = logging.getLogger("simclr")
 
@@ -80,13 +77,6 @@ def extract_features_sharded(
     return dist.all_gather_rows(local)[: len(inputs)]
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/test indices with the class proportions of `labels` in both parts."""
-    idx = np.arange(len(labels))
-    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
-    return np.sort(train), np.sort(test)
-
-
 def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """`per_class` indices of each class (all of a class if it has fewer), seeded."""
     rng = np.random.default_rng(seed)
@@ -126,34 +116,6 @@ def fraction_subset(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
             f"(wanted {per_class} per class); all of them were used"
         )
     return balanced_subset(labels, per_class, seed), "; ".join(notes) or None
-
-
-def linear_probe(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-    seed: int = 0, c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0),
-) -> float:
-    """Multinomial logistic regression on standardized features. The inverse regularization C
-    is chosen on a stratified validation fifth of the training features (never on the test
-    set) when every class has at least 5 examples, else C = 1."""
-
-    # One model, warm-started: each C of the grid (strongest regularization first) starts from
-    # the previous solution, and the final fit from the chosen C's, so L-BFGS needs far fewer
-    # iterations than from zero (the optimum is the same; `make bench-quality` spends minutes here).
-    model = LogisticRegression(C=1.0, max_iter=2000, warm_start=True)
-    clf = make_pipeline(StandardScaler(), model)
-    c_best = 1.0
-    if np.bincount(train_y).min(initial=0) >= 5 and len(c_grid) > 1:
-        tr, va = stratified_split(train_y, 0.2, seed)
-        scores, solutions = [], []
-        for c in sorted(c_grid):
-            model.set_params(C=c)
-            scores.append(clf.fit(train_x[tr], train_y[tr]).score(train_x[va], train_y[va]))
-            solutions.append((model.coef_.copy(), model.intercept_.copy()))
-        best = int(np.argmax(scores))
-        c_best = sorted(c_grid)[best]
-        model.coef_, model.intercept_ = solutions[best]
-    model.set_params(C=c_best)
-    return float(clf.fit(train_x, train_y).score(test_x, test_y))
 
 
 def knn_accuracy(

@@ -14,11 +14,12 @@ from simclr import dist
 from simclr.checkpoint import load_checkpoint
 from simclr.config import Config, from_dict
 from simclr.errors import UserError
-from simclr.evaluate import evaluate_suite, frozen_features, save_eval, seeded, stratified_split
+from simclr.evaluate import evaluate_suite, frozen_features, save_eval, seeded
 from simclr.export import encoder_state
 from simclr.finetune import FinetuneSettings
 from simclr.modality import get, resolve
 from simclr.model import ProjectionHead, feature_dim, head_layers
+from simclr.probe import stratified_split
 
 log = logging.getLogger("simclr")
 

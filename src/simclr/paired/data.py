@@ -30,8 +30,8 @@ from simclr.data.images import UNREADABLE
 from simclr.data.listing import MAX_FILE_BYTES, Entry, printable
 from simclr.data.skipped import skip_summary
 from simclr.errors import UserError
-from simclr.evaluate import stratified_split
 from simclr.modality import PAIR_IMAGE_COLUMNS, PAIR_TEXT_COLUMNS
+from simclr.probe import stratified_split
 from simclr.text.data import LABEL_NAMES, encode, train_tokenizer
 
 if TYPE_CHECKING:

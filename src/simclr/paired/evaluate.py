@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simclr.evaluate import evaluate_suite, extract_features, linear_probe, raw_pixels_baseline, seeded
+from simclr.evaluate import evaluate_suite, extract_features, raw_pixels_baseline, seeded
 from simclr.finetune import FinetuneSettings
 from simclr.paired.data import PairedData, class_prompts
 from simclr.paired.model import PairedModel
+from simclr.probe import linear_probe
 from simclr.text.data import encode
 
 log = logging.getLogger("simclr")

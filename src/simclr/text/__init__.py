@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from simclr.errors import UserError
-from simclr.evaluate import stratified_split
 from simclr.modality import Augment, Baseline
+from simclr.probe import stratified_split
 from simclr.text.augment import TextAugment
 from simclr.text.data import TOKENIZER_FILE, TextData, load_text, load_tokenizer
 from simclr.text.encoders import build_text_encoder

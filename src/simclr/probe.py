@@ -1,0 +1,101 @@
+"""The linear probe: multinomial logistic regression on standardized frozen features, solved by
+full-batch L-BFGS in torch, so that it runs on the training GPU when there is one.
+
+The objective is scikit-learn's `LogisticRegression` (C · Σ cross-entropy + ½‖W‖², the intercept
+not penalised), divided by C·n: the same minimiser. It is strictly convex, so any solver that
+converges finds the same weights; the tests check the objective against scikit-learn's solution.
+scikit-learn's L-BFGS runs in float64 on one core and was the slowest part of an evaluation
+(minutes on 60,000 MNIST features on this project's 2-core machine; over 150 s for the CIFAR
+subset's three encoders on a 16-core GPU machine); float32 matrix products on the device are
+what the probe needs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test indices with the class proportions of `labels` in both parts."""
+    idx = np.arange(len(labels))
+    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(test)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Zero mean, unit variance per feature from the training rows (a constant feature keeps
+    scale 1, as in scikit-learn's StandardScaler)."""
+    mean, std = train.mean(0), train.std(0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
+    """Mean cross-entropy + ‖W‖² / (2·C·n): scikit-learn's loss divided by C·n."""
+    return F.cross_entropy(torch.addmm(b, x, w), y) + w.square().sum() / (2 * c * len(x))
+
+
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, c: float,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None, max_iter: int = 1000, tolerance: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (d, n_classes) and intercepts minimising `objective`, from `init` or zeros.
+    Stops when no gradient entry exceeds `tolerance`: scikit-learn's default `tol` on the same
+    scaled objective (1e-5 took 4.8× the iterations on MNIST pixels for the same accuracy)."""
+    w = (init[0].clone() if init else x.new_zeros(x.shape[1], n_classes)).requires_grad_()
+    b = (init[1].clone() if init else x.new_zeros(n_classes)).requires_grad_()
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=10, tolerance_grad=tolerance,
+                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = objective(x, y, w, b, c)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)  # type: ignore[no-untyped-call]
+    return w.detach(), b.detach()
+
+
+def linear_probe(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+    seed: int = 0, c_grid: tuple[float, ...] = C_GRID, device: torch.device | str | None = None,
+) -> float:
+    """Test accuracy of the probe. The inverse regularization C is chosen on a stratified
+    validation fifth of the training features (never on the test set) when every class has at
+    least 5 examples, else C = 1. Classes are those of the training labels."""
+    dev = torch.device(device) if device is not None else default_device()
+    classes, y_idx = np.unique(train_y, return_inverse=True)
+    if len(classes) == 1:  # nothing to fit: every prediction is the one class
+        return float(np.mean(test_y == classes[0]))
+    k = len(classes)
+    xtr, xte = (torch.as_tensor(np.asarray(a), dtype=torch.float32, device=dev) for a in (train_x, test_x))
+    ytr = torch.as_tensor(y_idx, device=dev)
+
+    # Warm starts along the grid (strongest regularization first) and into the final fit: the
+    # optimum is the same, L-BFGS needs far fewer iterations.
+    c_best, init = 1.0, None
+    if np.bincount(y_idx).min() >= 5 and len(c_grid) > 1:
+        tr, va = (torch.as_tensor(i, device=dev) for i in stratified_split(y_idx, 0.2, seed))
+        a, v = standardize(xtr[tr], xtr[va])
+        scores, solutions = [], []
+        for c in sorted(c_grid):
+            init = fit_logistic(a, ytr[tr], k, c, init)
+            scores.append(float((torch.addmm(init[1], v, init[0]).argmax(1) == ytr[va]).float().mean()))
+            solutions.append(init)
+        best = int(np.argmax(scores))
+        c_best, init = sorted(c_grid)[best], solutions[best]
+    a, t = standardize(xtr, xte)
+    w, b = fit_logistic(a, ytr, k, c_best, init)
+    predicted = classes[torch.addmm(b, t, w).argmax(1).cpu().numpy()]
+    return float(np.mean(predicted == test_y))
