@@ -10,8 +10,13 @@ import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from simclr.crossmodal import LearnedTemperature, cross_modal_loss
+from simclr.model import ProjectionHead
+from simclr.paired.model import PairedModel
+from simclr.train import update
 
 WORLD, B, D = 2, 5, 8
 
@@ -98,3 +103,42 @@ def test_two_ranks_equal_one_process_with_the_whole_batch(tmp_path: Path) -> Non
         rows = slice(r * B, (r + 1) * B)
         assert torch.allclose(got["ga"] / WORLD, a.grad[rows], rtol=1e-6, atol=1e-12)
         assert torch.allclose(got["gb"] / WORLD, b.grad[rows], rtol=1e-6, atol=1e-12)
+
+
+def _paired_model() -> PairedModel:
+    torch.manual_seed(0)
+    return PairedModel(nn.Linear(D, 6), ProjectionHead(6, 4), nn.Linear(D, 6), ProjectionHead(6, 4),
+                       LearnedTemperature(0.1, 0.01))
+
+
+def _paired_step(net: nn.Module, model: PairedModel, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """As `PairedObjective` does it: the towers through `net` (maybe DDP), the temperature from
+    the bare model, outside the wrapped forward."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    z_a, z_b = net(a, b)
+    return update(optimizer, cross_modal_loss(z_a, z_b, model.temperature()))
+
+
+def _ddp_worker(rank: int, store: str, out: str) -> None:
+    torch_dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    model = _paired_model()
+    a, b = (t.float()[rank * B : (rank + 1) * B] for t in pairs())
+    loss = _paired_step(DistributedDataParallel(model), model, a, b)
+    torch.save({"loss": loss, "state": model.state_dict()}, f"{out}.{rank}")
+    torch_dist.destroy_process_group()
+
+
+def test_learned_temperature_steps_the_same_on_two_ranks_as_in_one_process(tmp_path: Path) -> None:
+    out = str(tmp_path / "step")
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "store"), out), nprocs=WORLD)
+    model = _paired_model()
+    before = model.temperature.log_inverse.item()
+    a, b = (t.float() for t in pairs())
+    single = _paired_step(model, model, a, b)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
+    assert torch.allclose(sum(r["loss"] for r in ranks) / WORLD, single, rtol=1e-5, atol=0)
+    for got in ranks:  # DDP averaged every gradient, the temperature's too: the same step everywhere
+        for key, value in model.state_dict().items():
+            assert torch.allclose(got["state"][key], value, rtol=1e-5, atol=1e-7), key
+    assert model.temperature.log_inverse.item() != before  # the temperature did move

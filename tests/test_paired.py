@@ -157,7 +157,7 @@ def test_learned_temperature_gets_gradients_and_stays_clamped(digits_folder: Pat
 def test_csv_and_jsonl_manifests_with_a_broken_image(
     tmp_path: Path, digits_folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cfg = load_config(None, ["data.modality=paired"])
+    cfg = load_config(None, ["data.modality=paired", f"data.cache_dir={tmp_path / 'cache'}"])
     source = manifest(tmp_path, digits_folder, n=30, broken=2)
     with caplog.at_level(logging.WARNING, logger="simclr"):
         data = load_pairs(str(source), cfg)
@@ -166,11 +166,38 @@ def test_csv_and_jsonl_manifests_with_a_broken_image(
     assert data.classes is not None and data.labels is not None
     assert [Path(p).name for p, _ in data.skipped] == ["bad0.png", "bad1.png"]
     warning = " ".join(r.getMessage() for r in caplog.records)
-    assert "2 files skipped" in warning and "bad0.png" in warning and "bad1.png" in warning
+    assert "2 files skipped" in warning and "2 of 32 pairs left out" in warning and "bad1.png" in warning
     lines = manifest(tmp_path, digits_folder, n=10, suffix=".jsonl")
     data = load_pairs(str(lines), cfg)
     assert len(data) == 10 and data.labels is None
     assert detect(str(source)) == "paired" and detect(str(lines)) == "paired"
+
+
+def test_manifest_images_are_decoded_once_and_cached(
+    tmp_path: Path, digits_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A captioning manifest names each image once per caption: one decode per distinct file,
+    then the cache, until a file changes."""
+    files = sorted(digits_folder.rglob("*.png"))[:12]
+    rows = [(os.path.relpath(f, tmp_path), f"{word} {f.parent.name}") for f in files for word in ("a", "the")]
+    source = tmp_path / "captions.csv"
+    source.write_text("image,caption\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    cfg = load_config(None, ["data.modality=paired", f"data.cache_dir={tmp_path / 'cache'}"])
+    with caplog.at_level(logging.INFO, logger="simclr"):
+        first = load_pairs(str(source), cfg)
+    assert "decoding 12 images" in caplog.text and len(first) == 24
+    assert torch.equal(first.images[0], first.images[1])  # one file, two captions
+    assert first.texts[0] != first.texts[1] and first.ids[0] == first.ids[1]  # type: ignore[index]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="simclr"):
+        again = load_pairs(str(source), cfg)
+    assert "12 images from the cache" in caplog.text and "decoding" not in caplog.text
+    assert torch.equal(again.images, first.images) and again.ids == first.ids
+    os.utime(files[0], ns=(1, 1))  # a changed file is decoded again
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="simclr"):
+        load_pairs(str(source), cfg)
+    assert "decoding 12 images" in caplog.text
 
 
 def test_manifest_errors_are_one_line(tmp_path: Path) -> None:

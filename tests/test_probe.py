@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from simclr.probe import fit_logistic, linear_probe, objective, standardize
+from simclr.probe import fit_logistic, linear_probe, objective, standardize, walk_grid
 
 
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -71,3 +71,17 @@ def test_constant_features_do_not_break_standardization() -> None:
     x = torch.tensor([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])
     z = standardize(x)[0]
     assert torch.isfinite(z).all() and torch.equal(z[:, 1], torch.zeros(3))
+
+
+def test_grid_walk_stops_past_the_peak() -> None:
+    scores = {0.01: 0.5, 0.1: 0.6, 1.0: 0.55, 10.0: 0.9}  # 10 would win, but the curve has turned
+    asked: list[float] = []
+
+    def score(c: float) -> float:
+        asked.append(c)
+        return scores[c]
+
+    assert walk_grid((10.0, 1.0, 0.1, 0.01), score) == [0.5, 0.6, 0.55]
+    assert asked == [0.01, 0.1, 1.0]
+    rising = {0.01: 0.1, 0.1: 0.2, 1.0: 0.3, 10.0: 0.3}  # ties do not stop it
+    assert walk_grid(tuple(rising), rising.__getitem__) == [0.1, 0.2, 0.3, 0.3]

@@ -12,6 +12,8 @@ what the probe needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -67,13 +69,27 @@ def fit_logistic(
     return w.detach(), b.detach()
 
 
+def walk_grid(c_grid: tuple[float, ...], score: Callable[[float], float]) -> list[float]:
+    """Validation scores along the grid from the strongest regularization (smallest C), stopping
+    at the first C that scores below the best so far. Validation accuracy over C rises to one
+    peak and falls; past it the weaker regularizations cannot win, and they are the slow fits
+    (raw CIFAR pixels: 70 s each for C = 1 and 10 on this project's 2 cores, of a 224 s probe)."""
+    scores: list[float] = []
+    for c in sorted(c_grid):
+        scores.append(score(c))
+        if scores[-1] < max(scores):
+            break
+    return scores
+
+
 def linear_probe(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
     seed: int = 0, c_grid: tuple[float, ...] = C_GRID, device: torch.device | str | None = None,
 ) -> float:
     """Test accuracy of the probe. The inverse regularization C is chosen on a stratified
     validation fifth of the training features (never on the test set) when every class has at
-    least 5 examples, else C = 1. Classes are those of the training labels."""
+    least 5 examples, else C = 1: the grid is walked from the strongest regularization and stops
+    at the first C that scores below the best so far. Classes are those of the training labels."""
     dev = torch.device(device) if device is not None else default_device()
     classes, y_idx = np.unique(train_y, return_inverse=True)
     if len(classes) == 1:  # nothing to fit: every prediction is the one class
@@ -88,13 +104,17 @@ def linear_probe(
     if np.bincount(y_idx).min() >= 5 and len(c_grid) > 1:
         tr, va = (torch.as_tensor(i, device=dev) for i in stratified_split(y_idx, 0.2, seed))
         a, v = standardize(xtr[tr], xtr[va])
-        scores, solutions = [], []
-        for c in sorted(c_grid):
-            init = fit_logistic(a, ytr[tr], k, c, init)
-            scores.append(float((torch.addmm(init[1], v, init[0]).argmax(1) == ytr[va]).float().mean()))
-            solutions.append(init)
+        solutions: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def score(c: float) -> float:
+            w, b = fit_logistic(a, ytr[tr], k, c, solutions[-1] if solutions else None)
+            solutions.append((w, b))
+            return float((torch.addmm(b, v, w).argmax(1) == ytr[va]).float().mean())
+
+        scores = walk_grid(c_grid, score)
         best = int(np.argmax(scores))
-        c_best, init = sorted(c_grid)[best], solutions[best]
+        init = solutions[best]
+        c_best = sorted(c_grid)[best]
     a, t = standardize(xtr, xte)
     w, b = fit_logistic(a, ytr, k, c_best, init)
     predicted = classes[torch.addmm(b, t, w).argmax(1).cpu().numpy()]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from simclr.data import load_images
+from simclr.data.cache import Built, Slot, default_cache_dir
 from simclr.data.decode import auto_size, decode_entries
 from simclr.data.imagedata import ImageData
 from simclr.data.images import UNREADABLE
@@ -130,43 +132,66 @@ def read_manifest(path: Path, cfg: Config) -> tuple[list[str], list[str], list[s
 
 def _entry(folder: Path, written: str) -> Entry:
     """An image of the manifest as the decoder reads it; a missing or oversized file is an entry
-    with its error (skipped and listed, like a broken image)."""
+    with its error (skipped and listed, like a broken image). Its stamp (size, mtime) is the
+    cache's fingerprint."""
     path = Path(written) if Path(written).is_absolute() else folder / written
     display = printable(str(path))
     if not written:
         return Entry((written,), display or "(empty path)", None, f"{UNREADABLE}: empty image path")
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except OSError:
         return Entry((written,), display, None, f"{UNREADABLE}: no such file")
-    if path.stat().st_size > MAX_FILE_BYTES:
+    if not path.is_file():
+        return Entry((written,), display, None, f"{UNREADABLE}: not a file")
+    if st.st_size > MAX_FILE_BYTES:
         return Entry((written,), display, None, f"{UNREADABLE}: file too large")
-    return Entry((written,), display, path.read_bytes)
+    return Entry((written,), display, path.read_bytes, stamp=(st.st_size, st.st_mtime_ns))
 
 
 def _decode_manifest(
     path: Path, cfg: Config, written: list[str], size: int | None, channels: int | None
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """Decode the manifest's images: (images (n, C, S, S), rows kept, skipped files)."""
-    entries = [_entry(path.parent, w) for w in written]
-    note = ""
-    if size is None:
-        size, note = auto_size(entries)
-    log.info("%s: decoding %d images to %d px%s", path, len(entries), size, f"; {note}" if note else "")
-    decoded = decode_entries(entries, size, channels, lambda shape: np.empty(shape, np.uint8), cfg.data.strict,
-                             desc=f"decoding {path.stem}")
-    if decoded.count == 0:
-        raise UserError(f"no usable images in {path} ({skip_summary(decoded.skipped)})")
-    images = decoded.images[: decoded.count]
-    if channels is None and decoded.all_grey:
-        images = images[:, :1]
-    return np.ascontiguousarray(images), decoded.kept, decoded.skipped
+    """The manifest's images for its rows: (images (n, C, S, S) of the rows kept, the rows kept,
+    the skipped files). Each distinct image file is decoded once (a captioning manifest lists an
+    image once per caption) into the decode-once cache, reused while the manifest's files and
+    the settings are unchanged."""
+    distinct = list(dict.fromkeys(written))
+    entries = [_entry(path.parent, w) for w in distinct]
+    identity = {"kind": "manifest-images", "path": os.path.abspath(path), "channels": channels, "image_size": size}
+    d = cfg.data
+    cache_root = Path(d.cache_dir).expanduser() if d.cache_dir is not None else default_cache_dir()
+    slot = Slot.for_source(cache_root, f"{path.stem}-images", identity,
+                           [[e.parts[0], list(e.stamp), e.error] for e in entries])
+    cached = slot.read()
+    if cached is not None:
+        log.info("%s: %d images from the cache %s", path, len(cached.images), cached.path)
+    else:
+        note = ""
+        if size is None:
+            size, note = auto_size(entries)
+        log.info("%s: decoding %d images to %d px%s", path, len(entries), size, f"; {note}" if note else "")
+        try:
+            decoded = decode_entries(entries, size, channels, slot.allocate, d.strict, desc=f"decoding {path.stem}")
+            if decoded.count == 0:
+                raise UserError(f"no usable images in {path} ({skip_summary(decoded.skipped)})")
+            keep = 1 if channels is None and decoded.all_grey else None
+            cached = slot.write(Built(decoded.images, decoded.count, None, None, decoded.skipped, keep, note,
+                                      ids=[distinct[i] for i in decoded.kept]))
+        finally:
+            slot.cleanup()
+    where = {w: i for i, w in enumerate(cached.ids or [])}
+    kept = [row for row, w in enumerate(written) if w in where]
+    images = np.ascontiguousarray(cached.images[[where[written[row]] for row in kept]])
+    return images, kept, cached.skipped
 
 
-def warn_skipped(where: str, skipped: list[tuple[str, str]], total: int) -> None:
+def warn_skipped(where: str, skipped: list[tuple[str, str]], dropped: int, total: int) -> None:
     if not skipped:
         return
     shown = "; ".join(f"{p} ({why})" for p, why in skipped[:SHOWN_SKIPPED])
     more = f"; and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
-    log.warning("%s: %s of %d pairs; left out: %s%s", where, skip_summary(skipped), total, shown, more)
+    log.warning("%s: %s, %d of %d pairs left out: %s%s", where, skip_summary(skipped), dropped, total, shown, more)
 
 
 def _label_index(values: list[str], classes: list[str] | None, where: str) -> tuple[torch.Tensor, list[str]]:
@@ -193,7 +218,10 @@ def load_pairs(
             raise UserError(f"manifest not found: {source}")
         written, captions, label_values = read_manifest(path, cfg)
         array, kept, skipped = _decode_manifest(path, cfg, written, size, channels)
-        warn_skipped(str(path), skipped, len(written))
+        if d.strict and skipped:  # a cache hit remembers the files a first decode skipped
+            where, reason = skipped[0]
+            raise UserError(f"{where}: {reason} (data.strict is on: fix or remove the file)")
+        warn_skipped(str(path), skipped, len(written) - len(kept), len(written))
         images = torch.from_numpy(array)
         texts = [[captions[i]] for i in kept]
         labels = None
