@@ -88,10 +88,6 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def _collective_device() -> torch.device:
-    return local_device()
-
-
 def mean(x: torch.Tensor) -> torch.Tensor:
     """The mean of a tensor over ranks (a detached copy)."""
     if not is_distributed():
@@ -105,7 +101,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank if `flag` is true on any rank."""
     if not is_distributed():
         return flag
-    t = torch.tensor([float(flag)], device=_collective_device())
+    t = torch.tensor([float(flag)], device=local_device())
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -115,7 +111,7 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     shape. No gradient: for features, not for the loss (see `gather_with_grad`)."""
     if not is_distributed() or world_size() == 1:
         return x
-    device = _collective_device()
+    device = local_device()
     parts = [torch.empty_like(x, device=device) for _ in range(world_size())]
     torch_dist.all_gather(parts, x.to(device))
     return torch.cat(parts).to(x.device)

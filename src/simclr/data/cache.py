@@ -35,6 +35,11 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "simclr"
 
 
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """Where a source's cache lives: `cache_dir` (data.cache_dir) when set, else the default."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
 def digest(value: Any) -> str:
     """A stable hash of a JSON-able value."""
     text = json.dumps(value, sort_keys=True, ensure_ascii=True, default=str)

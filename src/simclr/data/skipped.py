@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from simclr.data.images import reason_kind
+from simclr.errors import UserError
 
 
 def skip_counts(skipped: Sequence[tuple[str, str]]) -> dict[str, int]:
@@ -27,3 +28,10 @@ def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
     """Write every skipped file as "<path>\\t<reason>", one per line (an empty file when
     nothing was skipped). Paths are printable already (see `listing.printable`)."""
     path.write_text("".join(f"{p}\t{reason}\n" for p, reason in skipped), encoding="utf-8")
+
+
+def refuse_if_strict(strict: bool, skipped: Sequence[tuple[str, str]]) -> None:
+    """With data.strict, the first skipped file is an error (also when a cache hit reports it)."""
+    if strict and skipped:
+        where, reason = skipped[0]
+        raise UserError(f"{where}: {reason} (data.strict is on: fix or remove the file)")

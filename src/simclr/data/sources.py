@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 from simclr.data import builtin
 from simclr.data.arrays import read_array_file
-from simclr.data.cache import Built, Cached, Slot, default_cache_dir
+from simclr.data.cache import Built, Cached, Slot, cache_root
 from simclr.data.decode import auto_size, decode_entries
 from simclr.data.imagedata import ImageData, fit_uint8
 from simclr.data.layout import infer_layout
 from simclr.data.listing import Entry, list_folder, list_tar, list_zip, printable
-from simclr.data.skipped import skip_summary
+from simclr.data.skipped import refuse_if_strict, skip_summary
 from simclr.data.standard import IDX_PATTERN, Arrays, StandardFolder, detect
 from simclr.errors import UserError
 
@@ -85,8 +85,8 @@ def load_images(
             raise UserError(f"data path does not exist: {source}")
     if split:
         name = f"{name}-{split}"
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    context = _Context(path, name, channels, image_size, split, cache_root if use_cache else None, strict, workers)
+    root = cache_root(cache_dir)
+    context = _Context(path, name, channels, image_size, split, root if use_cache else None, strict, workers)
     if path.is_dir():
         standard = detect(path, split)
         result = context.standard(standard) if standard else context.folder()
@@ -100,9 +100,7 @@ def load_images(
             f"unsupported data source {source}: expected a built-in name, a folder, a .zip or "
             ".tar of images, or a .npy/.npz file"
         )
-    if strict and result.skipped:
-        where, reason = result.skipped[0]
-        raise UserError(f"{where}: {reason} (data.strict is on: fix or remove the file)")
+    refuse_if_strict(strict, result.skipped)
     if result.skipped:
         log.warning("%s: %s", printable(str(path)), skip_summary(result.skipped))
     labels_t = torch.from_numpy(result.labels.astype(np.int64)) if result.labels is not None else None

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from simclr.data import load_images
-from simclr.data.cache import Built, Slot, default_cache_dir
+from simclr.data.cache import Built, Slot, cache_root
 from simclr.data.decode import auto_size, decode_entries
 from simclr.data.imagedata import ImageData
 from simclr.data.images import UNREADABLE
 from simclr.data.listing import MAX_FILE_BYTES, Entry, printable
-from simclr.data.skipped import skip_summary
+from simclr.data.skipped import refuse_if_strict, skip_summary
 from simclr.errors import UserError
 from simclr.modality import PAIR_IMAGE_COLUMNS, PAIR_TEXT_COLUMNS
 from simclr.probe import stratified_split
@@ -160,8 +160,7 @@ def _decode_manifest(
     entries = [_entry(path.parent, w) for w in distinct]
     identity = {"kind": "manifest-images", "path": os.path.abspath(path), "channels": channels, "image_size": size}
     d = cfg.data
-    cache_root = Path(d.cache_dir).expanduser() if d.cache_dir is not None else default_cache_dir()
-    slot = Slot.for_source(cache_root, f"{path.stem}-images", identity,
+    slot = Slot.for_source(cache_root(d.cache_dir), f"{path.stem}-images", identity,
                            [[e.parts[0], list(e.stamp), e.error] for e in entries])
     cached = slot.read()
     if cached is not None:
@@ -182,7 +181,7 @@ def _decode_manifest(
             slot.cleanup()
     where = {w: i for i, w in enumerate(cached.ids or [])}
     kept = [row for row, w in enumerate(written) if w in where]
-    images = np.ascontiguousarray(cached.images[[where[written[row]] for row in kept]])
+    images = cached.images[[where[written[row]] for row in kept]]  # a fresh, contiguous copy
     return images, kept, cached.skipped
 
 
@@ -218,9 +217,7 @@ def load_pairs(
             raise UserError(f"manifest not found: {source}")
         written, captions, label_values = read_manifest(path, cfg)
         array, kept, skipped = _decode_manifest(path, cfg, written, size, channels)
-        if d.strict and skipped:  # a cache hit remembers the files a first decode skipped
-            where, reason = skipped[0]
-            raise UserError(f"{where}: {reason} (data.strict is on: fix or remove the file)")
+        refuse_if_strict(d.strict, skipped)  # a cache hit remembers the files a first decode skipped
         warn_skipped(str(path), skipped, len(written) - len(kept), len(written))
         images = torch.from_numpy(array)
         texts = [[captions[i]] for i in kept]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simclr.data.cache import Built, Slot, default_cache_dir
+from simclr.data.cache import Built, Slot, cache_root
 from simclr.errors import UserError
 from simclr.modality import VIDEO_SUFFIXES
 from simclr.video.io import read_video
@@ -86,8 +86,7 @@ def load_videos(
     identity = {"kind": "video-folder", "path": os.path.abspath(folder), "size": size, "fps": fps,
                 "frames": frames, "channels": c}
     stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    slot = Slot.for_source(root, folder.name, identity, stamps)
+    slot = Slot.for_source(cache_root(cache_dir), folder.name, identity, stamps)
     cached = slot.read()
     if cached is None:
         try:
