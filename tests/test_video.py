@@ -295,3 +295,27 @@ def test_finetuning_gives_each_video_one_crop_for_all_frames() -> None:
     accuracy = finetune_accuracy(encoder, videos, labels, videos, labels, settings=FinetuneSettings(min_steps=3,
                                                                                                      epochs=1))
     assert 0 <= accuracy <= 1
+
+
+def test_cli_paired_clips_with_class_prompts(tmp_path: Path) -> None:
+    """Video + text: clips of a labelled folder paired with captions made from its class names."""
+    import json
+
+    folder = digit_clip_folder(tmp_path / "clips")
+    out = tmp_path / "run"
+    video = ["video.encoder=small_cnn", "video.frames=6", "video.clip_frames=4", "video.size=16", "data.channels=1"]
+    code, err = run_cli("train", "--data", str(folder), "--epochs", "1", "--batch-size", "8", "--out", str(out),
+                        *video, "data.modality=paired", "paired.modalities=[video,text]",
+                        "paired.templates=['a clip of the digit {}']", "text.width=16",
+                        f"data.cache_dir={tmp_path / 'cache'}", "threads=1", TEST_DEVICE, "eval_finetune=false",
+                        "eval_knn_k=5", "report=false", "paired.heldout_fraction=0.25")
+    assert code == 0, err[-3000:]
+    results = json.loads((out / "eval.json").read_text())
+    assert {"paired", "random_init", "raw_pixels"} <= results.keys()
+    for metric in ("v2t_r1", "t2v_r5", "zero_shot", "linear", "text_linear"):
+        assert 0 <= results["paired"][metric] <= 1, metric
+    code, err = run_cli("embed", str(out), "--data", str(folder), "--out", str(tmp_path / "e.npz"))
+    assert code == 0, err[-2000:]
+    e = np.load(tmp_path / "e.npz")
+    assert e["video_embeddings"].shape == (24, 256) and e["texts"][0] == "a clip of the digit 0"
+    assert e["ids"][0] == "0/clip_000.mkv"

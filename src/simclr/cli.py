@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("run_dir", metavar="RUN_DIR")
     embed.add_argument("--data", required=True)
     embed.add_argument("--out", required=True, help="output .npz (embeddings, ids, labels)")
-    embed.add_argument("--side", choices=("image", "text"), help="paired runs: one side only (default: both)")
+    embed.add_argument("--side", choices=("image", "series", "text", "video"),
+                       help="paired runs: one side only, by its modality (default: both)")
 
     report = sub.add_parser("report", help="rebuild RUN_DIR/report.html")
     report.add_argument("run_dir", metavar="RUN_DIR")
@@ -160,7 +161,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
         log.info("wrote the embeddings of %s to %s", args.data, path)
         return
     if args.side:
-        raise UserError("--side is for paired (image + text) runs")
+        raise UserError("--side is for paired runs (two modalities)")
     data = load_source(cfg, args.data, shape, Path(args.run_dir))
     path = embed_to_file(encoder.to(device), data.inputs, getattr(data, "ids", None), data.labels, Path(args.out),
                          device=device)

@@ -123,20 +123,24 @@ PROMPT_TEMPLATES = [
 @dataclass
 class PairedConfig:
     """Paired data (`data.modality=paired`): each side's encoder comes from its own modality's
-    settings (images: `model.*`, text: `text.*`); each gets a projection to a shared space and
-    the two are trained with the symmetric cross-modal loss (CLIP-style InfoNCE)."""
+    settings (images: `model.*`, text: `text.*`, series: `series.*`, video: `video.*`); each gets a
+    projection to a shared space and the two are trained with the symmetric cross-modal loss
+    (CLIP-style InfoNCE)."""
 
-    modalities: list[str] = field(default_factory=lambda: ["image", "text"])  # only image + text so far
+    # [first, second], two of image, series, text, video. The first side is what the kNN monitor,
+    # the probes and the report see; from a labelled source the second is its class-name captions.
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
     shared_dim: int = 128  # output of each side's projection head
     temperature: float = 0.07  # fixed, or the starting value when learned
     learn_temperature: bool = True  # tau = exp(-s), s learned, tau clamped >= min_temperature
     min_temperature: float = 0.01  # CLIP's clamp (1/tau <= 100)
-    prompts: bool = True  # image folder: captions from `templates`; off: the bare class name
+    prompts: bool = True  # labelled source: captions from `templates`; off: the bare class name
     templates: list[str] = field(default_factory=lambda: list(PROMPT_TEMPLATES))
     heldout_fraction: float = 0.1  # pairs kept out of training for retrieval / zero-shot, seeded
     text_augment: bool = False  # the text augmentation (text.crop_min, ...) on captions
     image_column: str | None = None  # manifest; None: image / image_path / file / filename / path
     text_column: str | None = None  # manifest; None: text / caption / ...
+    series_column: str | None = None  # manifest, series inline; None: series / values / signal / sequence
     label_column: str | None = None  # manifest, optional; None: label / class / category when present
 
 
@@ -271,7 +275,9 @@ def _validate(cfg: Config) -> None:
 
 def _validate_paired(cfg: Config) -> None:
     p = cfg.paired
-    _check(p.modalities == ["image", "text"], f"paired.modalities: only [image, text] so far, got {p.modalities}")
+    sides = ("image", "series", "text", "video")
+    _check(len(p.modalities) == 2 and all(m in sides for m in p.modalities) and p.modalities[0] != p.modalities[1],
+           f"paired.modalities must be two different ones of {', '.join(sides)}, got {p.modalities}")
     _check(p.shared_dim >= 1, f"paired.shared_dim must be at least 1, got {p.shared_dim}")
     _check(p.temperature > 0, f"paired.temperature must be positive, got {p.temperature}")
     _check(0 < p.min_temperature <= p.temperature,
@@ -328,7 +334,12 @@ def load_config(
         for item in overrides or []:
             if "=" not in item:
                 raise UserError(f"override {item!r} is not key=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            try:
+                value = OmegaConf.from_dotlist([item])
+            except yaml.YAMLError as e:  # the value is read as YAML: `{}` in a template needs quotes
+                raise UserError(f"override {item!r}: its value is not valid YAML ({str(e).splitlines()[0]}); "
+                                "quote it, e.g. key=['a {} b']") from None
+            merged = OmegaConf.merge(merged, value)
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise UserError(_describe(e)) from None

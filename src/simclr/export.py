@@ -31,11 +31,15 @@ def export_encoder(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
     needs the `onnx` extra)."""
     weights, state = encoder_state(run_dir)
     modality = str(state.get("modality", "image"))
-    if modality == "paired" and fmt == "safetensors":  # both encoders; other formats: the image one
-        from simclr.paired.commands import export_paired
+    if modality == "paired":
+        if fmt == "safetensors":  # both encoders and heads
+            from simclr.paired.commands import export_paired
 
-        return export_paired(run_dir, state, out)
-    if modality not in ("image", "paired") and fmt != "safetensors":
+            return export_paired(run_dir, state, out)
+        config = state.get("config", {})
+        assert isinstance(config, dict)
+        modality = str(config.get("paired", {}).get("modalities", ["image"])[0])  # other formats: the first side
+    if modality != "image" and fmt != "safetensors":
         raise UserError(
             f"--format {fmt} is for image encoders; a {modality} encoder exports as --format safetensors "
             "(rebuild it with simclr.experiment.load_trained_encoder)"

@@ -172,8 +172,8 @@ PAIR_IMAGE_COLUMNS = ("image", "image_path", "file", "filename", "path")
 PAIR_TEXT_COLUMNS = ("text", "caption", "sentence", "description", "prompt")
 
 
-def is_pair_manifest(path: Path) -> bool:
-    """A CSV header (or the first JSONL object) with both an image column and a caption column."""
+def header_names(path: Path) -> list[str]:
+    """The column names of a CSV header, or the keys of a JSONL file's first object."""
     import csv
     import json
 
@@ -181,12 +181,15 @@ def is_pair_manifest(path: Path) -> bool:
         first = f.readline()
     if path.suffix.lower() == ".jsonl":
         try:
-            names = list(json.loads(first)) if first.strip().startswith("{") else []
+            return list(json.loads(first)) if first.strip().startswith("{") else []
         except json.JSONDecodeError:
-            return False
-    else:
-        names = next(csv.reader([first]), [])
-    lower = {n.strip().lower() for n in names}
+            return []
+    return next(csv.reader([first]), [])
+
+
+def is_pair_manifest(path: Path) -> bool:
+    """A CSV header (or the first JSONL object) with both an image column and a caption column."""
+    lower = {n.strip().lower() for n in header_names(path)}
     return bool(lower & set(PAIR_IMAGE_COLUMNS)) and bool(lower & set(PAIR_TEXT_COLUMNS))
 
 

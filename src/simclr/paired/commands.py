@@ -16,23 +16,22 @@ from simclr.checkpoint import atomic_write, load_checkpoint
 from simclr.config import Config, from_dict
 from simclr.errors import UserError
 from simclr.evaluate import extract_features
-from simclr.paired import MODALITY, build_paired_model, read_settings
+from simclr.paired import MODALITY, build_paired_model, read_settings, run_encoding
 from simclr.paired.data import load_pairs
 from simclr.paired.model import PairedModel
-from simclr.text.data import TOKENIZER_FILE, load_tokenizer
 
 log = logging.getLogger("simclr")
 
-SIDES = ("image", "text")
-
 
 def load_paired_model(run_dir: Path) -> tuple[Config, PairedModel, list[int]]:
-    """(config, both encoders and heads with the last checkpoint's weights, image shape)."""
+    """(config, both encoders and heads with the last checkpoint's weights, first side's shape)."""
     state = load_checkpoint(run_dir / "checkpoint.pt")
     cfg = from_dict(state["config"])
     cfg.data.modality = "paired"
+    settings = read_settings(run_dir)
+    cfg.paired.modalities = list(settings["modalities"])
     shape = [int(v) for v in state["input_shape"]]
-    model = build_paired_model(cfg, shape, int(read_settings(run_dir)["text_length"]))
+    model = build_paired_model(cfg, shape, [int(v) for v in settings["second_shape"]])
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as e:
@@ -53,30 +52,34 @@ def evaluate_run(
 
 
 def embed_run(run_dir: Path, source: str, out: Path, side: str | None, device: torch.device) -> Path:
-    """Write an .npz of every pair of `source`: for each side, `<side>_embeddings` (h, the
-    encoder's output) and `<side>_shared` (the normalized projection into the shared space,
-    what retrieval compares), with `ids` (image paths), `labels` (-1 where unknown) and
-    `texts` (the caption embedded: one seeded draw of the prompt templates). With a `side`,
-    `embeddings` holds that side's h as for a single-modality run."""
+    """Write an .npz of every pair of `source`: for each side (named by its modality),
+    `<side>_embeddings` (h, the encoder's output) and `<side>_shared` (the normalized projection
+    into the shared space, what retrieval compares), with `ids` (first-side files, or rows),
+    `labels` (-1 where unknown) and, with a text side, `texts` (the text embedded: for
+    class-prompt captions one seeded draw of the templates). With a `side`, `embeddings` holds
+    that side's h as for a single-modality run."""
     cfg, model, shape = load_paired_model(run_dir)
-    settings = read_settings(run_dir)
-    data = load_pairs(source, cfg, shape, load_tokenizer(run_dir / TOKENIZER_FILE), int(settings["text_length"]),
-                      settings.get("classes"))
-    ids, texts = data.fixed_captions(cfg.seed)
+    sides = [str(m) for m in cfg.paired.modalities]
+    if side is not None and side not in sides:
+        raise UserError(f"--side {side}: this run pairs {sides[0]} with {sides[1]}")
+    data, _ = load_pairs(source, cfg, run_encoding(run_dir, shape))
+    inputs = (data.inputs, data.fixed_second(cfg.seed)[0])
     model = model.to(device)
     arrays: dict[str, np.ndarray] = {}
-    towers = {"image": (model.encoder, model.head, data.images), "text": (model.text_encoder, model.text_head, ids)}
-    for name in [side] if side else SIDES:
-        encoder, head, inputs = towers[name]
-        h = extract_features(encoder, inputs, device=device, progress=f"embedding {name}s")
-        z = F.normalize(extract_features(head, h, device=device), dim=1)
+    for k, name in enumerate(sides):
+        if side is not None and name != side:
+            continue
+        h = extract_features(model.side_encoder(k), inputs[k], device=device, progress=f"embedding {name}")
+        z = F.normalize(extract_features(model.second_head if k else model.head, h, device=device), dim=1)
         arrays[f"{name}_embeddings"], arrays[f"{name}_shared"] = h.numpy(), z.numpy()
         if side:
             arrays["embeddings"] = h.numpy()
     n = len(data)
     arrays["ids"] = np.array(data.ids if data.ids is not None else [str(i) for i in range(n)], dtype=str)
     arrays["labels"] = data.labels.numpy() if data.labels is not None else np.full(n, -1, dtype=np.int64)
-    arrays["texts"] = np.array(texts, dtype=str)
+    texts = data.side_texts(cfg.seed)
+    if texts is not None:
+        arrays["texts"] = np.array(texts, dtype=str)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "wb") as f:
@@ -86,20 +89,23 @@ def embed_run(run_dir: Path, source: str, out: Path, side: str | None, device: t
 
 
 def export_paired(run_dir: Path, state: dict[str, Any], out: Path | None) -> Path:
-    """safetensors: the image encoder at `out` (default RUN/encoder.safetensors; the same file an
-    image run exports), the text encoder beside it (`<stem>-text.safetensors`) and both heads
-    with the temperature (`<stem>-heads.safetensors`: keys image.*, text.*, temperature.*)."""
+    """safetensors: the first side's encoder at `out` (default RUN/encoder.safetensors; the file
+    a single-modality run exports), the second side's beside it (`<stem>-<modality>.safetensors`,
+    e.g. encoder-text.safetensors) and both heads with the temperature (`<stem>-heads.safetensors`:
+    keys <first>.*, <second>.*, temperature.*, e.g. image.*, text.*)."""
     out = out or run_dir / "encoder.safetensors"
-    model = state["model"]
+    first, second = (str(m) for m in read_settings(run_dir)["modalities"])
+    model = {PairedModel.renamed(k): v for k, v in state["model"].items()}
 
     def part(prefix: str, rename: str = "") -> dict[str, torch.Tensor]:
         return {rename + k[len(prefix) :]: v.contiguous() for k, v in model.items() if k.startswith(prefix)}
 
     files = {
         out: part("encoder."),
-        out.with_name(f"{out.stem}-text{out.suffix}"): part("text_encoder."),
+        out.with_name(f"{out.stem}-{second}{out.suffix}"): part("second_encoder."),
         out.with_name(f"{out.stem}-heads{out.suffix}"): {
-            **part("head.", "image."), **part("text_head.", "text."), **part("temperature.", "temperature."),
+            **part("head.", f"{first}."), **part("second_head.", f"{second}."),
+            **part("temperature.", "temperature."),
         },
     }
     for path, tensors in files.items():

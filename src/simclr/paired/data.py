@@ -1,22 +1,30 @@
-"""Paired data: images with captions.
+"""Paired data: two modalities per sample (image + caption first; any two of image, series,
+text and video).
 
 `--data` is either
-- a manifest: CSV (with a header) or JSONL, one pair per row: an image path (relative to the
-  manifest's folder, or absolute), its caption, optionally a label; or
-- an image folder or archive with class subfolders: every image's captions are the prompt
-  templates filled with its class name ("a photo of a cat.", "a blurry photo of a cat.", ...),
-  one drawn per sample per step.
+- a manifest: CSV (with a header) or JSONL, one pair per row, one column per side: an image path
+  (relative to the manifest's folder, or absolute), a text, or a series written inline (numbers
+  separated by spaces, commas or semicolons; channels separated by `|`); optionally a label; or
+- a labelled source of the first side's modality (an image folder or archive with class
+  subfolders, a labelled series file, a video folder with class subfolders), the second side
+  being text: every sample's captions are the prompt templates filled with its class name
+  ("a photo of a cat.", "a blurry photo of a cat.", ...), one drawn per sample per step.
 
-Captions are tokenized with a WordPiece vocabulary learned from them (simclr.text), stored as
-token ids (N, T, L): T candidate captions per pair (the templates; 1 for a manifest).
+The first side is held as its own modality holds it (simclr.modality.Data: images, series,
+clips or token ids, with labels, classes and ids); the shared code sees that side through
+`inputs`. The second side holds T candidates per pair, (N, T, ...): the T prompt templates of a
+class-prompt caption, or T = 1. Texts are tokenized with one WordPiece vocabulary learned from
+them (simclr.text).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from simclr.data import load_images
 from simclr.data.cache import Built, Slot, cache_root
 from simclr.data.decode import auto_size, decode_entries
 from simclr.data.imagedata import ImageData
@@ -32,9 +39,10 @@ from simclr.data.images import UNREADABLE
 from simclr.data.listing import MAX_FILE_BYTES, Entry, printable
 from simclr.data.skipped import refuse_if_strict, skip_summary
 from simclr.errors import UserError
-from simclr.modality import PAIR_IMAGE_COLUMNS, PAIR_TEXT_COLUMNS
+from simclr.modality import PAIR_IMAGE_COLUMNS, PAIR_TEXT_COLUMNS, detect, get, header_names
 from simclr.probe import stratified_split
-from simclr.text.data import LABEL_NAMES, encode, train_tokenizer
+from simclr.series.data import SeriesData, resample
+from simclr.text.data import LABEL_NAMES, TextData, encode, train_tokenizer
 
 if TYPE_CHECKING:
     from simclr.config import Config
@@ -43,40 +51,93 @@ log = logging.getLogger("simclr")
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 SHOWN_SKIPPED = 5  # skipped files named in the warning; all of them go to skipped_files.txt
+PAIR_SERIES_COLUMNS = ("series", "values", "signal", "sequence")
+SIDE_MODALITIES = ("image", "series", "text", "video")
 
 
-@dataclass(kw_only=True)
-class PairedData(ImageData):
-    """Pairs: the images of `ImageData` (uint8, with labels, classes, ids = image paths) plus
-    caption token ids. `inputs` (the images) is what the shared code sees: the image side is
-    probed, monitored and reported as usual."""
+@dataclass
+class SideInputs:
+    """One side's inputs as an encoder builder reads them: `inputs` (the series encoder takes its
+    standardization statistics from them) and `vocab_size` (the text encoder checks it)."""
 
-    captions: torch.Tensor  # (N, T, L) int64: T candidate captions per pair, right-padded
-    texts: list[list[str]]  # the same captions as text, (N, T)
-    tokenizer: Any  # tokenizers.Tokenizer
-
-    @property
-    def text_length(self) -> int:
-        return int(self.captions.shape[2])
+    inputs: torch.Tensor
+    tokenizer: Any = None
 
     @property
     def vocab_size(self) -> int:
         return int(self.tokenizer.get_vocab_size())
 
+
+@dataclass(kw_only=True)
+class PairedData:
+    """Pairs. `first`: the first side's data as its modality holds it; what the shared code
+    sees (inputs, labels, classes, name, skipped) is that side. `second`: (N, T, ...) T candidate
+    inputs of the second side per pair; `texts` their strings when the second side is text."""
+
+    first: Any
+    second: torch.Tensor
+    modalities: tuple[str, str]
+    texts: list[list[str]] | None = None  # (N, T), when the second side is text
+    tokenizer: Any = None  # tokenizers.Tokenizer, when a side is text
+    ids: list[str] | None = None  # each pair's first-side file (image/video) or row
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self.first.inputs  # type: ignore[no-any-return]
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        return self.first.labels  # type: ignore[no-any-return]
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.first.classes  # type: ignore[no-any-return]
+
+    @property
+    def name(self) -> str:
+        return str(self.first.name)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return self.first.skipped  # type: ignore[no-any-return]
+
+    @property
+    def second_shape(self) -> list[int]:
+        """One second-side input's shape: what its encoder is built for."""
+        return [int(v) for v in self.second.shape[2:]]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.get_vocab_size())
+
+    def side(self, k: int) -> Any:
+        """Side k's data as its encoder builder reads it (the second side: its first candidates)."""
+        return self.first if k == 0 else SideInputs(self.second[:, 0], self.tokenizer)
+
     def subset(self, index: np.ndarray | torch.Tensor) -> PairedData:
         idx = torch.as_tensor(index, dtype=torch.long)
-        images = super().subset(idx)
-        return PairedData(images.images, images.labels, images.name, images.skipped, images.classes, images.ids,
-                          captions=self.captions[idx], texts=[self.texts[i] for i in idx.tolist()],
-                          tokenizer=self.tokenizer)
+        rows = idx.tolist()
+        return PairedData(first=self.first.subset(idx), second=self.second[idx], modalities=self.modalities,
+                          texts=[self.texts[i] for i in rows] if self.texts is not None else None,
+                          tokenizer=self.tokenizer, ids=[self.ids[i] for i in rows] if self.ids is not None else None)
 
-    def fixed_captions(self, seed: int) -> tuple[torch.Tensor, list[str]]:
-        """One caption per pair, drawn once (seeded): what evaluation and `embed` use.
-        Returns token ids (N, L) and the texts."""
+    def fixed_second(self, seed: int) -> tuple[torch.Tensor, list[str] | None]:
+        """One second-side candidate per pair, drawn once (seeded): what evaluation and `embed`
+        use. Returns the inputs (N, ...) and, for text, their strings."""
         gen = torch.Generator().manual_seed(seed)
-        choice = torch.randint(self.captions.shape[1], (len(self),), generator=gen)
-        ids = self.captions[torch.arange(len(self)), choice]
-        return ids, [self.texts[i][int(c)] for i, c in enumerate(choice)]
+        choice = torch.randint(self.second.shape[1], (len(self),), generator=gen)
+        chosen = self.second[torch.arange(len(self)), choice]
+        texts = [self.texts[i][int(c)] for i, c in enumerate(choice)] if self.texts is not None else None
+        return chosen, texts
+
+    def side_texts(self, seed: int) -> list[str] | None:
+        """The texts of the text side (the fixed candidate for the second side), else None."""
+        if self.modalities[0] == "text":
+            return list(self.first.texts)
+        return self.fixed_second(seed)[1]
 
 
 def class_prompts(name: str, templates: list[str]) -> list[str]:
@@ -93,8 +154,27 @@ def _column(names: list[str], wanted: str | None, defaults: tuple[str, ...], pat
     return next((lower[n] for n in defaults if n in lower), None)
 
 
-def read_manifest(path: Path, cfg: Config) -> tuple[list[str], list[str], list[str] | None]:
-    """(image paths as written, captions, labels or None) from a CSV or JSONL manifest."""
+def side_columns(cfg: Config) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+    """Per side modality: (the configured manifest column or None, the names looked for)."""
+    p = cfg.paired
+    return {"image": (p.image_column, PAIR_IMAGE_COLUMNS), "text": (p.text_column, PAIR_TEXT_COLUMNS),
+            "series": (p.series_column, PAIR_SERIES_COLUMNS)}
+
+
+def is_manifest(path: Path, cfg: Config, modalities: tuple[str, str]) -> bool:
+    """Whether a CSV/JSONL file names a column for each side (else it may be a labelled source
+    of the first side's modality, such as a series CSV)."""
+    lower = {n.strip().lower() for n in header_names(path)}
+    columns = side_columns(cfg)
+    return all(m in columns and (columns[m][0] or "").lower() in lower | {""} and
+               (columns[m][0] is not None or bool(lower & set(columns[m][1]))) for m in modalities)
+
+
+def read_manifest(
+    path: Path, cfg: Config, modalities: tuple[str, str]
+) -> tuple[list[str], list[str], list[str] | None]:
+    """(first side's values, second side's values, labels or None) from a CSV or JSONL manifest:
+    image paths as written, texts, or series written inline."""
     raw = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix.lower() == ".jsonl":
         rows = []
@@ -115,19 +195,21 @@ def read_manifest(path: Path, cfg: Config) -> tuple[list[str], list[str], list[s
         rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
     if not rows:
         raise UserError(f"{path}: no pairs in the manifest")
-    p = cfg.paired
-    image_col = _column(names, p.image_column, PAIR_IMAGE_COLUMNS, path, "paired.image_column")
-    text_col = _column(names, p.text_column, PAIR_TEXT_COLUMNS, path, "paired.text_column")
-    label_col = _column(names, p.label_column, LABEL_NAMES, path, "paired.label_column")
-    for col, what, choices in ((image_col, "image", PAIR_IMAGE_COLUMNS), (text_col, "caption", PAIR_TEXT_COLUMNS)):
+    columns = side_columns(cfg)
+    values = []
+    for modality in modalities:
+        if modality not in columns:
+            raise UserError(f"{path}: a manifest cannot hold {modality} ({', '.join(columns)} can); give a "
+                            f"{modality} folder with class subfolders and paired.modalities=[{modality}, text]")
+        wanted, defaults = columns[modality]
+        col = _column(names, wanted, defaults, path, f"paired.{modality}_column")
         if col is None:
-            raise UserError(f"{path}: no {what} column (one of {', '.join(choices)}, or set "
-                            f"paired.{'image' if what == 'image' else 'text'}_column); columns: {', '.join(names)}")
-    assert image_col is not None and text_col is not None
-    images = [r.get(image_col, "").strip() for r in rows]
-    captions = [r.get(text_col, "").strip() for r in rows]
+            raise UserError(f"{path}: no {modality} column (one of {', '.join(defaults)}, or set "
+                            f"paired.{modality}_column); columns: {', '.join(names)}")
+        values.append([r.get(col, "").strip() for r in rows])
+    label_col = _column(names, cfg.paired.label_column, LABEL_NAMES, path, "paired.label_column")
     labels = [r.get(label_col, "").strip() for r in rows] if label_col is not None else None
-    return images, captions, labels
+    return values[0], values[1], labels
 
 
 def _entry(folder: Path, written: str) -> Entry:
@@ -202,47 +284,157 @@ def _label_index(values: list[str], classes: list[str] | None, where: str) -> tu
     return torch.tensor([index[v] for v in values], dtype=torch.long), classes
 
 
+def parse_series(
+    values: list[str], shape: list[int] | None, length: int | None
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Series written inline, one per manifest row (numbers separated by spaces, commas or
+    semicolons; channels by `|`; empty, `?` or NaN for a missing value) → (series (n, C, T) of
+    the rows kept, the rows kept, the rows skipped as (row, reason)). All are resampled to the
+    trained encoder's length (`shape` = [C, T]), else `length`, else the longest."""
+    parsed: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for row, value in enumerate(values):
+        where = f"row {row + 1}"
+        try:
+            channels = [[float(v) for v in re.split(r"[\s,;]+", c.strip()) if v] for c in value.split("|")]
+        except ValueError as e:
+            skipped.append((where, f"series: not a number ({str(e).split(': ')[-1]})"))
+            continue
+        if not all(channels):
+            skipped.append((where, "series: no values"))
+            continue
+        longest = max(len(c) for c in channels)
+        series = np.full((len(channels), longest), np.nan)
+        for c, channel in enumerate(channels):
+            series[c, : len(channel)] = channel  # a shorter channel ends early
+        parsed.append(series)
+        kept.append(row)
+    widths = {s.shape[0] for s in parsed}
+    if len(widths) > 1:
+        raise UserError(f"series in the manifest have different numbers of channels {sorted(widths)}")
+    if shape is not None and parsed and widths != {shape[0]}:
+        raise UserError(f"series with {widths.pop()} channels, but the encoder takes {shape[0]}")
+    length = shape[1] if shape is not None else length or max((s.shape[1] for s in parsed), default=1)
+    return (resample(parsed, length) if parsed else np.zeros((0, 1, length), np.float32)), kept, skipped
+
+
+@dataclass
+class Encoding:
+    """What a trained run (or the training data) fixes for another source: each side's input
+    shape, the tokenizer and the class order."""
+
+    first_shape: list[int] | None = None
+    second_shape: list[int] | None = None
+    tokenizer: Any = None
+    classes: list[str] | None = None
+
+    @classmethod
+    def like(cls, data: PairedData) -> Encoding:
+        return cls([int(v) for v in data.inputs.shape[1:]], data.second_shape, data.tokenizer, data.classes)
+
+
 def load_pairs(
-    source: str, cfg: Config, image_shape: list[int] | None = None, tokenizer: Any | None = None,
-    text_length: int | None = None, classes: list[str] | None = None,
-) -> PairedData:
-    """All pairs of a source (see the module docstring). A trained run fixes the image shape
-    (C, H, W), the tokenizer, the caption length and the class order; without a tokenizer one
-    is learned from these captions."""
-    d = cfg.data
-    channels, size = (image_shape[0], image_shape[-1]) if image_shape else (d.channels, d.image_size)
+    source: str, cfg: Config, encoding: Encoding | None = None
+) -> tuple[PairedData, PairedData | None]:
+    """All pairs of a source (see the module docstring) as (pairs, the source's own test pairs or
+    None: a UCR/UEA TRAIN/TEST pair). `encoding` (a trained run's, or the training data's) fixes
+    the input shapes, the tokenizer and the class order; without a tokenizer one is learned from
+    these texts."""
+    enc = encoding or Encoding()
+    a, b = (str(m) for m in cfg.paired.modalities)
     path = Path(source).expanduser()
     if path.suffix.lower() in MANIFEST_SUFFIXES:
         if not path.is_file():
             raise UserError(f"manifest not found: {source}")
-        written, captions, label_values = read_manifest(path, cfg)
-        array, kept, skipped = _decode_manifest(path, cfg, written, size, channels)
-        refuse_if_strict(d.strict, skipped)  # a cache hit remembers the files a first decode skipped
-        warn_skipped(str(path), skipped, len(written) - len(kept), len(written))
-        images = torch.from_numpy(array)
-        texts = [[captions[i]] for i in kept]
-        labels = None
-        if label_values is not None:
-            labels, classes = _label_index([label_values[i] for i in kept], classes, str(path))
-        ids: list[str] | None = [written[i] for i in kept]
-        name = path.stem
+        # A file of the first side's own kind (a series CSV, say) without a column per side is
+        # a labelled source of it; anything else is a manifest, and says which column it lacks.
+        if is_manifest(path, cfg, (a, b)) or detect(str(path)) != a:
+            return _manifest_pairs(path, cfg, (a, b), enc), None
+    if b != "text":
+        raise UserError(f"{source}: paired data from a labelled {a} source pairs it with captions made from its "
+                        f"class names (paired.modalities=[{a}, text]); for {a} + {b} give a CSV/JSONL manifest")
+    first, official_test = get(a).load(cfg, source, enc.first_shape, None)
+    classes = enc.classes or first.classes
+    data = _prompt_pairs(first, source, cfg, classes, enc)
+    test = _prompt_pairs(official_test, source, cfg, data.classes, Encoding(tokenizer=data.tokenizer,
+                         second_shape=data.second_shape)) if official_test is not None else None
+    return data, test
+
+
+def _prompt_pairs(first: Any, source: str, cfg: Config, classes: list[str] | None, enc: Encoding) -> PairedData:
+    """Labelled data of one modality with its class-name captions as the (text) second side."""
+    if first.labels is None or not first.classes:
+        raise UserError(f"{source}: paired data from a labelled source needs class names (class subfolders, a "
+                        "label column), or give a CSV/JSONL manifest of pairs")
+    labels, classes = _label_index([first.classes[i] for i in first.labels.tolist()], classes, source)
+    first = dataclasses.replace(first, labels=labels, classes=classes)
+    templates = cfg.paired.templates if cfg.paired.prompts else ["{}"]
+    per_class = [class_prompts(c, templates) for c in classes]
+    texts = [per_class[y] for y in labels.tolist()]  # shared lists: one per class
+    tokenizer = enc.tokenizer or train_tokenizer(sorted({t for row in per_class for t in row}), cfg.text.vocab_size)
+    length = enc.second_shape[0] if enc.second_shape else None
+    return PairedData(first=first, second=_tokenize(tokenizer, texts, length, cfg.text.max_length),
+                      modalities=(str(cfg.paired.modalities[0]), "text"), texts=texts, tokenizer=tokenizer,
+                      ids=getattr(first, "ids", None))
+
+
+def _manifest_pairs(path: Path, cfg: Config, modalities: tuple[str, str], enc: Encoding) -> PairedData:
+    """The pairs of a manifest: each side's column read by its modality; a row whose image is
+    unusable or whose series does not parse is left out (warned about and listed)."""
+    d = cfg.data
+    first_values, second_values, label_values = read_manifest(path, cfg, modalities)
+    values = (first_values, second_values)
+    shapes = (enc.first_shape, enc.second_shape)
+    arrays: list[Any] = []
+    kept_rows: list[list[int]] = []
+    skipped: list[tuple[str, str]] = []
+    for side, modality in enumerate(modalities):
+        column, shape = values[side], shapes[side]
+        array: Any
+        if modality == "image":
+            channels, size = (shape[0], shape[-1]) if shape else (d.channels, d.image_size)
+            array, kept, lost = _decode_manifest(path, cfg, column, size, channels)
+        elif modality == "series":
+            array, kept, lost = parse_series(column, shape, cfg.series.length)
+        else:  # text: tokenized below, once the rows kept are known
+            array, kept, lost = column, list(range(len(column))), []
+        arrays.append(array)
+        kept_rows.append(kept)
+        skipped += lost
+    rows = sorted(set(kept_rows[0]) & set(kept_rows[1]))
+    refuse_if_strict(d.strict, skipped)  # a cache hit remembers the files a first decode skipped
+    warn_skipped(str(path), skipped, len(values[0]) - len(rows), len(values[0]))
+    if not rows:
+        raise UserError(f"no usable pairs in {path} ({skip_summary(skipped)})")
+    texts = [[values[side][r] for r in rows] for side, m in enumerate(modalities) if m == "text"]
+    tokenizer = enc.tokenizer
+    if texts and tokenizer is None:
+        tokenizer = train_tokenizer(sorted({t for side in texts for t in side}), cfg.text.vocab_size)
+    sides: list[torch.Tensor] = []
+    for side, modality in enumerate(modalities):
+        if modality == "text":
+            length = shapes[side][0] if shapes[side] else None  # type: ignore[index]
+            sides.append(encode(tokenizer, [values[side][r] for r in rows], length, cfg.text.max_length))
+        else:
+            where = {r: i for i, r in enumerate(kept_rows[side])}
+            sides.append(torch.from_numpy(np.ascontiguousarray(arrays[side][[where[r] for r in rows]])))
+    labels, classes = None, None
+    if label_values is not None:
+        labels, classes = _label_index([label_values[r] for r in rows], enc.classes, str(path))
+    name = path.stem
+    first: Any
+    if modalities[0] == "image":
+        first = ImageData(sides[0], labels, name, skipped, classes, [first_values[r] for r in rows])
+    elif modalities[0] == "series":
+        first = SeriesData(sides[0], labels, name, skipped, classes)
     else:
-        data = load_images(source, channels, size, cache_dir=d.cache_dir, strict=d.strict, root=d.root,
-                           allow_download=d.download)
-        if data.labels is None or not data.classes:
-            raise UserError(f"{source}: paired data from images needs class subfolders (their names make the "
-                            "captions), or give a CSV/JSONL manifest of image,text pairs")
-        own = [data.classes[i] for i in data.labels.tolist()]
-        labels, classes = _label_index(own, classes, source)
-        templates = cfg.paired.templates if cfg.paired.prompts else ["{}"]
-        per_class = [class_prompts(c, templates) for c in classes]
-        texts = [per_class[y] for y in labels.tolist()]  # shared lists: one per class
-        images, skipped, name = data.images, data.skipped, data.name
-        ids = data.ids
-    tokenizer = tokenizer or train_tokenizer(sorted({t for row in texts for t in row}), cfg.text.vocab_size)
-    captions_t = _tokenize(tokenizer, texts, text_length, cfg.text.max_length)
-    return PairedData(images, labels, name, skipped, classes if labels is not None else None, ids,
-                      captions=captions_t, texts=texts, tokenizer=tokenizer)
+        first = TextData(sides[0], labels, name, [first_values[r] for r in rows], tokenizer, skipped, classes)
+    image_side = next((side for side, m in enumerate(modalities) if m == "image"), None)
+    ids = [values[image_side][r] for r in rows] if image_side is not None else [f"row {r + 1}" for r in rows]
+    second_texts = [[values[1][r]] for r in rows] if modalities[1] == "text" else None
+    return PairedData(first=first, second=sides[1].unsqueeze(1), modalities=modalities, texts=second_texts,
+                      tokenizer=tokenizer, ids=ids)
 
 
 def _tokenize(tokenizer: Any, texts: list[list[str]], length: int | None, max_length: int) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Two encoders into one space, and the step's loss (CLIP, Radford et al. 2021, with SimCLR's
-augmentation of the image side)."""
+augmentation of each side)."""
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,27 +26,44 @@ class FixedTemperature(nn.Module):
 
 
 class PairedModel(SimCLR):
-    """SimCLR's `encoder` f and `head` g for the first side (images), plus `text_encoder` and
-    `text_head` for the second, both heads ending in the shared dimension.
-    `forward(images, token_ids)` returns (z_image, z_text), each (n, shared_dim): the two
+    """SimCLR's `encoder` f and `head` g for the first side (e.g. images), plus `second_encoder`
+    and `second_head` for the other (e.g. captions), both heads ending in the shared dimension.
+    `forward(x_first, x_second)` returns (z_first, z_second), each (n, shared_dim): the two
     "views" of a pair come from two encoders."""
 
-    def __init__(self, encoder: nn.Module, head: ProjectionHead, text_encoder: nn.Module,
-                 text_head: ProjectionHead, temperature: nn.Module) -> None:
+    # Checkpoints written before the sides were generic named the second side's modules so.
+    RENAMED: ClassVar[dict[str, str]] = {"text_encoder.": "second_encoder.", "text_head.": "second_head."}
+
+    def __init__(self, encoder: nn.Module, head: ProjectionHead, second_encoder: nn.Module,
+                 second_head: ProjectionHead, temperature: nn.Module) -> None:
         super().__init__(encoder, head)
-        self.text_encoder = text_encoder
-        self.text_head = text_head
+        self.second_encoder = second_encoder
+        self.second_head = second_head
         self.temperature = temperature
+        self._register_load_state_dict_pre_hook(self._rename_old_keys)  # type: ignore[no-untyped-call]
+
+    @classmethod
+    def renamed(cls, key: str) -> str:
+        """A state-dict key under today's module names."""
+        old = next((o for o in cls.RENAMED if key.startswith(o)), None)
+        return cls.RENAMED[old] + key[len(old) :] if old else key
+
+    def _rename_old_keys(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        for key in [k for k in state if k.startswith(prefix)]:
+            new = prefix + self.renamed(key[len(prefix) :])
+            if new != key:
+                state[new] = state.pop(key)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.encoder(x1)), self.text_head(self.text_encoder(x2))
+        return self.head(self.encoder(x1)), self.second_head(self.second_encoder(x2))
 
-    def image_tower(self) -> nn.Sequential:
-        """x -> z, the image side into the shared space (shared modules, not copies)."""
-        return nn.Sequential(self.encoder, self.head)
+    def tower(self, side: int) -> nn.Sequential:
+        """x -> z for side 0 or 1, into the shared space (shared modules, not copies)."""
+        return nn.Sequential(self.encoder, self.head) if side == 0 else nn.Sequential(self.second_encoder,
+                                                                                        self.second_head)
 
-    def text_tower(self) -> nn.Sequential:
-        return nn.Sequential(self.text_encoder, self.text_head)
+    def side_encoder(self, side: int) -> nn.Module:
+        return self.encoder if side == 0 else self.second_encoder
 
 
 def build_temperature(initial: float, learn: bool, minimum: float) -> nn.Module:
@@ -52,26 +71,27 @@ def build_temperature(initial: float, learn: bool, minimum: float) -> nn.Module:
 
 
 class PairedObjective:
-    """One step's loss: an augmented view of each image (SimCLR's recipe, per sample), one of
-    its captions drawn per sample (a prompt template; the caption itself for a manifest),
-    optionally augmented, then the symmetric cross-modal loss, gathered across ranks."""
+    """One step's loss: a view of each first-side input (its modality's augmentation, per
+    sample), one second-side candidate drawn per sample (a prompt template; the caption itself
+    for a manifest), augmented by its modality unless `second_augment` is None, then the
+    symmetric cross-modal loss, gathered across ranks."""
 
-    def __init__(self, model: PairedModel, augment: Augment, captions: torch.Tensor,
-                 text_augment: Augment | None = None, channels_last: bool = False) -> None:
+    def __init__(self, model: PairedModel, augment: Augment, second: torch.Tensor,
+                 second_augment: Augment | None = None, channels_last: bool = False) -> None:
         self.temperature = model.temperature  # the bare module: `net` may be a DDP wrapper
         self.augment = augment
-        self.captions = captions  # (N, T, L) on the training device
-        self.text_augment = text_augment
+        self.second = second  # (N, T, ...) on the training device
+        self.second_augment = second_augment
         self.channels_last = channels_last
 
     def __call__(self, net: nn.Module, x: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        images = self.augment(x, gen)  # (n, C, H, W)
+        first = self.augment(x, gen)  # (n, ...)
         if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        device = self.captions.device
-        choice = torch.randint(self.captions.shape[1], (len(rows),), generator=gen, device=gen.device).to(device)
-        ids = self.captions[rows.to(device), choice]  # (n, L)
-        if self.text_augment is not None:
-            ids = self.text_augment(ids, gen)
-        z_image, z_text = net(images, ids)  # (n, shared_dim) each
-        return cross_modal_loss(z_image, z_text, self.temperature())
+            first = first.contiguous(memory_format=torch.channels_last)
+        device = self.second.device
+        choice = torch.randint(self.second.shape[1], (len(rows),), generator=gen, device=gen.device).to(device)
+        second = self.second[rows.to(device), choice]  # (n, ...)
+        if self.second_augment is not None:
+            second = self.second_augment(second, gen)
+        z_first, z_second = net(first, second)  # (n, shared_dim) each
+        return cross_modal_loss(z_first, z_second, self.temperature())
