@@ -379,60 +379,57 @@ def _prompt_pairs(first: Any, source: str, cfg: Config, classes: list[str] | Non
                       ids=getattr(first, "ids", None))
 
 
+def _read_side(
+    path: Path, cfg: Config, modality: str, column: list[str], shape: list[int] | None
+) -> tuple[Any, list[int], list[tuple[str, str]]]:
+    """One side's column of a manifest: (its inputs for the rows kept, the rows kept, what was
+    skipped). Texts stay strings: they are tokenized once the rows of both sides are known."""
+    if modality == "image":
+        channels, size = (shape[0], shape[-1]) if shape else (cfg.data.channels, cfg.data.image_size)
+        return _decode_manifest(path, cfg, column, size, channels)
+    if modality == "series":
+        return parse_series(column, shape, cfg.series.length)
+    return column, list(range(len(column))), []
+
+
 def _manifest_pairs(path: Path, cfg: Config, modalities: tuple[str, str], enc: Encoding) -> PairedData:
     """The pairs of a manifest: each side's column read by its modality; a row whose image is
     unusable or whose series does not parse is left out (warned about and listed)."""
-    d = cfg.data
-    first_values, second_values, label_values = read_manifest(path, cfg, modalities)
-    values = (first_values, second_values)
+    *values, label_values = read_manifest(path, cfg, modalities)
     shapes = (enc.first_shape, enc.second_shape)
-    arrays: list[Any] = []
-    kept_rows: list[list[int]] = []
-    skipped: list[tuple[str, str]] = []
-    for side, modality in enumerate(modalities):
-        column, shape = values[side], shapes[side]
-        array: Any
-        if modality == "image":
-            channels, size = (shape[0], shape[-1]) if shape else (d.channels, d.image_size)
-            array, kept, lost = _decode_manifest(path, cfg, column, size, channels)
-        elif modality == "series":
-            array, kept, lost = parse_series(column, shape, cfg.series.length)
-        else:  # text: tokenized below, once the rows kept are known
-            array, kept, lost = column, list(range(len(column))), []
-        arrays.append(array)
-        kept_rows.append(kept)
-        skipped += lost
-    rows = sorted(set(kept_rows[0]) & set(kept_rows[1]))
-    refuse_if_strict(d.strict, skipped)  # a cache hit remembers the files a first decode skipped
+    read = [_read_side(path, cfg, m, values[side], shapes[side]) for side, m in enumerate(modalities)]
+    skipped = [s for _, _, lost in read for s in lost]
+    rows = sorted(set(read[0][1]) & set(read[1][1]))
+    refuse_if_strict(cfg.data.strict, skipped)  # a cache hit remembers the files a first decode skipped
     warn_skipped(str(path), skipped, len(values[0]) - len(rows), len(values[0]))
     if not rows:
         raise UserError(f"no usable pairs in {path} ({skip_summary(skipped)})")
-    texts = [[values[side][r] for r in rows] for side, m in enumerate(modalities) if m == "text"]
+    kept = [[column[r] for r in rows] for column in values]  # each side's values of the pairs kept
     tokenizer = enc.tokenizer
-    if texts and tokenizer is None:
-        tokenizer = train_tokenizer(sorted({t for side in texts for t in side}), cfg.text.vocab_size)
+    if "text" in modalities and tokenizer is None:
+        texts = {t for side, m in enumerate(modalities) if m == "text" for t in kept[side]}
+        tokenizer = train_tokenizer(sorted(texts), cfg.text.vocab_size)
     sides: list[torch.Tensor] = []
-    for side, modality in enumerate(modalities):
+    for side, (modality, (inputs, rows_read, _)) in enumerate(zip(modalities, read, strict=True)):
         if modality == "text":
             length = shapes[side][0] if shapes[side] else None  # type: ignore[index]
-            sides.append(encode(tokenizer, [values[side][r] for r in rows], length, cfg.text.max_length))
+            sides.append(encode(tokenizer, kept[side], length, cfg.text.max_length))
         else:
-            where = {r: i for i, r in enumerate(kept_rows[side])}
-            sides.append(torch.from_numpy(np.ascontiguousarray(arrays[side][[where[r] for r in rows]])))
+            where = {r: i for i, r in enumerate(rows_read)}
+            sides.append(torch.from_numpy(np.ascontiguousarray(inputs[[where[r] for r in rows]])))
     labels, classes = None, None
     if label_values is not None:
         labels, classes = _label_index([label_values[r] for r in rows], enc.classes, str(path))
-    name = path.stem
     first: Any
     if modalities[0] == "image":
-        first = ImageData(sides[0], labels, name, skipped, classes, [first_values[r] for r in rows])
+        first = ImageData(sides[0], labels, path.stem, skipped, classes, kept[0])
     elif modalities[0] == "series":
-        first = SeriesData(sides[0], labels, name, skipped, classes)
+        first = SeriesData(sides[0], labels, path.stem, skipped, classes)
     else:
-        first = TextData(sides[0], labels, name, [first_values[r] for r in rows], tokenizer, skipped, classes)
-    image_side = next((side for side, m in enumerate(modalities) if m == "image"), None)
-    ids = [values[image_side][r] for r in rows] if image_side is not None else [f"row {r + 1}" for r in rows]
-    second_texts = [[values[1][r]] for r in rows] if modalities[1] == "text" else None
+        first = TextData(sides[0], labels, path.stem, kept[0], tokenizer, skipped, classes)
+    image_side = modalities.index("image") if "image" in modalities else None
+    ids = kept[image_side] if image_side is not None else [f"row {r + 1}" for r in rows]
+    second_texts = [[t] for t in kept[1]] if modalities[1] == "text" else None
     return PairedData(first=first, second=sides[1].unsqueeze(1), modalities=modalities, texts=second_texts,
                       tokenizer=tokenizer, ids=ids)
 
