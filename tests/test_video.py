@@ -319,3 +319,43 @@ def test_cli_paired_clips_with_class_prompts(tmp_path: Path) -> None:
     e = np.load(tmp_path / "e.npz")
     assert e["video_embeddings"].shape == (24, 256) and e["texts"][0] == "a clip of the digit 0"
     assert e["ids"][0] == "0/clip_000.mkv"
+
+
+def test_cli_paired_manifest_of_clips_and_series(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Video + series from a manifest: each clip with the digit's horizontal position over time
+    (its ink-weighted column centre per frame) written inline; a missing clip is skipped."""
+    import json
+
+    import torch
+
+    from simclr.video.io import read_video
+
+    folder = digit_clip_folder(tmp_path / "clips")
+    rows = []
+    for clip in sorted(folder.rglob("*.mkv")):
+        frames, _ = read_video(clip)
+        ink = frames[:, 0].astype(np.float64).sum(1)  # (T, W) ink per column
+        centre = (ink * np.arange(ink.shape[1])).sum(1) / np.maximum(ink.sum(1), 1)
+        rows.append(f"{clip.relative_to(tmp_path)},{' '.join(f'{c:.2f}' for c in centre)},{clip.parent.name}")
+    rows.append("clips/0/missing.mkv,1 2 3,0")
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text("video,series,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    video = ["video.encoder=small_cnn", "video.frames=6", "video.clip_frames=4", "video.size=16", "data.channels=1"]
+    code, err = run_cli("train", "--data", str(manifest), "--epochs", "1", "--batch-size", "8", "--out", str(out),
+                        *video, "data.modality=paired", "paired.modalities=[video,series]", "series.width=8",
+                        f"data.cache_dir={tmp_path / 'cache'}", "threads=1", TEST_DEVICE, "eval_finetune=false",
+                        "eval_knn_k=5", "report=false", "paired.heldout_fraction=0.25")
+    assert code == 0, err[-3000:]
+    assert "1 of 25 pairs left out" in caplog.text and "missing.mkv" in caplog.text
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["input_shape"] == [6, 1, 16, 16]
+    results = json.loads((out / "eval.json").read_text())
+    for metric in ("v2s_r1", "s2v_r5", "linear", "series_linear"):
+        assert 0 <= results["paired"][metric] <= 1, metric
+    assert "zero_shot" not in results["paired"]
+    code, err = run_cli("embed", str(out), "--data", str(manifest), "--out", str(tmp_path / "e.npz"))
+    assert code == 0, err[-2000:]
+    e = np.load(tmp_path / "e.npz")
+    assert e["video_embeddings"].shape == (24, 256) and e["series_shared"].shape == (24, 128)
+    assert e["ids"][0] == "clips/0/clip_000.mkv" and "texts" not in e

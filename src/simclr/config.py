@@ -141,6 +141,7 @@ class PairedConfig:
     image_column: str | None = None  # manifest; None: image / image_path / file / filename / path
     text_column: str | None = None  # manifest; None: text / caption / ...
     series_column: str | None = None  # manifest, series inline; None: series / values / signal / sequence
+    video_column: str | None = None  # manifest; None: video / video_path / clip
     label_column: str | None = None  # manifest, optional; None: label / class / category when present
 
 

@@ -3,8 +3,9 @@ text and video).
 
 `--data` is either
 - a manifest: CSV (with a header) or JSONL, one pair per row, one column per side: an image path
-  (relative to the manifest's folder, or absolute), a text, or a series written inline (numbers
-  separated by spaces, commas or semicolons; channels separated by `|`); optionally a label; or
+  or a video path (relative to the manifest's folder, or absolute), a text, or a series written
+  inline (numbers separated by spaces, commas or semicolons; channels separated by `|`); optionally
+  a label; or
 - a labelled source of the first side's modality (an image folder or archive with class
   subfolders, a labelled series file, a video folder with class subfolders), the second side
   being text: every sample's captions are the prompt templates filled with its class name
@@ -52,6 +53,7 @@ log = logging.getLogger("simclr")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 SHOWN_SKIPPED = 5  # skipped files named in the warning; all of them go to skipped_files.txt
 PAIR_SERIES_COLUMNS = ("series", "values", "signal", "sequence")
+PAIR_VIDEO_COLUMNS = ("video", "video_path", "clip")
 SIDE_MODALITIES = ("image", "series", "text", "video")
 
 
@@ -158,7 +160,7 @@ def side_columns(cfg: Config) -> dict[str, tuple[str | None, tuple[str, ...]]]:
     """Per side modality: (the configured manifest column or None, the names looked for)."""
     p = cfg.paired
     return {"image": (p.image_column, PAIR_IMAGE_COLUMNS), "text": (p.text_column, PAIR_TEXT_COLUMNS),
-            "series": (p.series_column, PAIR_SERIES_COLUMNS)}
+            "series": (p.series_column, PAIR_SERIES_COLUMNS), "video": (p.video_column, PAIR_VIDEO_COLUMNS)}
 
 
 def is_manifest(path: Path, cfg: Config, modalities: tuple[str, str]) -> bool:
@@ -198,9 +200,6 @@ def read_manifest(
     columns = side_columns(cfg)
     values = []
     for modality in modalities:
-        if modality not in columns:
-            raise UserError(f"{path}: a manifest cannot hold {modality} ({', '.join(columns)} can); give a "
-                            f"{modality} folder with class subfolders and paired.modalities=[{modality}, text]")
         wanted, defaults = columns[modality]
         col = _column(names, wanted, defaults, path, f"paired.{modality}_column")
         if col is None:
@@ -389,12 +388,33 @@ def _read_side(
         return _decode_manifest(path, cfg, column, size, channels)
     if modality == "series":
         return parse_series(column, shape, cfg.series.length)
+    if modality == "video":
+        return _decode_manifest_videos(path, cfg, column, shape)
     return column, list(range(len(column))), []
 
 
+def _decode_manifest_videos(
+    path: Path, cfg: Config, written: list[str], shape: list[int] | None
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """The manifest's videos for its rows, as `_decode_manifest` does for images: each distinct
+    file decoded once (at `video.size`, `video.fps`, `video.frames`) into the cache."""
+    from simclr.video.data import decode_video_files  # PyAV only for runs with video
+
+    v = cfg.video
+    frames, channels, size = (shape[0], shape[1], shape[-1]) if shape else (v.frames, cfg.data.channels or 3, v.size)
+    distinct = list(dict.fromkeys(written))
+    files = [Path(w) if Path(w).is_absolute() else path.parent / w for w in distinct]
+    identity = {"kind": "manifest-videos", "path": os.path.abspath(path)}
+    cached = decode_video_files(files, distinct, f"{path.stem}-videos", identity, size, v.fps, frames, channels,
+                                cfg.data.cache_dir, cfg.data.strict)
+    where = {w: i for i, w in enumerate(cached.ids or [])}
+    kept = [row for row, w in enumerate(written) if w in where]
+    return cached.images[[where[written[row]] for row in kept]], kept, cached.skipped
+
+
 def _manifest_pairs(path: Path, cfg: Config, modalities: tuple[str, str], enc: Encoding) -> PairedData:
-    """The pairs of a manifest: each side's column read by its modality; a row whose image is
-    unusable or whose series does not parse is left out (warned about and listed)."""
+    """The pairs of a manifest: each side's column read by its modality; a row whose image or
+    video is unusable or whose series does not parse is left out (warned about and listed)."""
     *values, label_values = read_manifest(path, cfg, modalities)
     shapes = (enc.first_shape, enc.second_shape)
     read = [_read_side(path, cfg, m, values[side], shapes[side]) for side, m in enumerate(modalities)]
@@ -423,12 +443,16 @@ def _manifest_pairs(path: Path, cfg: Config, modalities: tuple[str, str], enc: E
     first: Any
     if modalities[0] == "image":
         first = ImageData(sides[0], labels, path.stem, skipped, classes, kept[0])
+    elif modalities[0] == "video":
+        from simclr.video.data import VideoData
+
+        first = VideoData(sides[0], labels, path.stem, skipped, classes, kept[0])
     elif modalities[0] == "series":
         first = SeriesData(sides[0], labels, path.stem, skipped, classes)
     else:
         first = TextData(sides[0], labels, path.stem, kept[0], tokenizer, skipped, classes)
-    image_side = modalities.index("image") if "image" in modalities else None
-    ids = kept[image_side] if image_side is not None else [f"row {r + 1}" for r in rows]
+    files = [side for side, m in enumerate(modalities) if m in ("image", "video")]  # named by their files
+    ids = kept[files[0]] if files else [f"row {r + 1}" for r in rows]
     second_texts = [[t] for t in kept[1]] if modalities[1] == "text" else None
     return PairedData(first=first, second=sides[1].unsqueeze(1), modalities=modalities, texts=second_texts,
                       tokenizer=tokenizer, ids=ids)

@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,6 +72,45 @@ def fit_frames(video: np.ndarray, frames: int) -> np.ndarray:
     return video[np.arange(frames) % len(video)]
 
 
+def decode_video_files(
+    files: list[Path], ids: list[str], name: str, identity: dict[str, Any], size: int, fps: float | None,
+    frames: int, channels: int, cache_dir: str | None, strict: bool,
+    labels: list[int] | None = None, classes: list[str] | None = None,
+) -> Any:
+    """Decode videos once (at `size` px, `fps`, `frames` frames; `channels` 1 or 3) into the
+    cache, reused while the files and the settings are unchanged; returns the cache entry (its
+    `images` are the clips of the files kept, `ids` their ids, `skipped` the others with their
+    reason). A missing or undecodable file is skipped, or stops the load with `strict`."""
+    identity = {**identity, "size": size, "fps": fps, "frames": frames, "channels": channels}
+    stamps = [[str(p), *((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, -1))] for p in files]
+    slot = Slot.for_source(cache_root(cache_dir), name, identity, stamps)
+    cached = slot.read()
+    if cached is not None:
+        return cached
+    try:
+        out = slot.allocate((len(files), frames, channels, size, size))
+        kept: list[int] = []
+        skipped: list[tuple[str, str]] = []
+        for i, path in enumerate(tqdm(files, desc=f"decoding {name}", unit="video")):
+            try:
+                if not path.is_file():
+                    raise UserError(f"{path}: no such file")
+                video, _ = read_video(path, size, fps, frames, channels=channels)
+            except UserError as e:
+                if strict:
+                    raise
+                skipped.append((str(path), f"undecodable: {str(e).removeprefix(f'{path}: ')}"))
+                continue
+            out[len(kept)] = fit_frames(video, frames)
+            kept.append(i)
+        if not kept:
+            raise UserError(f"no decodable videos in {name} ({len(skipped)} skipped)")
+        kept_labels = np.asarray(labels, dtype=np.int64)[kept] if labels is not None else None
+        return slot.write(Built(out, len(kept), kept_labels, classes, skipped, ids=[ids[i] for i in kept]))
+    finally:
+        slot.cleanup()
+
+
 def load_videos(
     source: str, size: int = 64, fps: float | None = None, frames: int = 16, channels: int | None = 3,
     cache_dir: str | None = None, strict: bool = False,
@@ -82,34 +122,9 @@ def load_videos(
     if not folder.is_dir():
         raise UserError(f"video data must be a folder of video files, got {source}")
     files, labels, classes = list_videos(folder)
-    c = channels or 3
-    identity = {"kind": "video-folder", "path": os.path.abspath(folder), "size": size, "fps": fps,
-                "frames": frames, "channels": c}
-    stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    slot = Slot.for_source(cache_root(cache_dir), folder.name, identity, stamps)
-    cached = slot.read()
-    if cached is None:
-        try:
-            out = slot.allocate((len(files), frames, c, size, size))
-            kept: list[int] = []
-            skipped: list[tuple[str, str]] = []
-            for i, path in enumerate(tqdm(files, desc=f"decoding {folder.name}", unit="video")):
-                try:
-                    video, _ = read_video(path, size, fps, frames, channels=c)
-                except UserError as e:
-                    if strict:
-                        raise
-                    skipped.append((str(path), f"undecodable: {str(e).removeprefix(f'{path}: ')}"))
-                    continue
-                out[len(kept)] = fit_frames(video, frames)
-                kept.append(i)
-            if not kept:
-                raise UserError(f"no decodable videos in {folder} ({len(skipped)} skipped)")
-            kept_labels = np.asarray(labels, dtype=np.int64)[kept] if labels is not None else None
-            ids = [str(files[i].relative_to(folder)) for i in kept]
-            cached = slot.write(Built(out, len(kept), kept_labels, classes, skipped, ids=ids))
-        finally:
-            slot.cleanup()
+    identity = {"kind": "video-folder", "path": os.path.abspath(folder)}
+    cached = decode_video_files(files, [str(f.relative_to(folder)) for f in files], folder.name, identity, size, fps,
+                                frames, channels or 3, cache_dir, strict, labels, classes)
     if cached.skipped:
         log.warning("%s", skipped_summary(folder, cached.skipped))
     label_tensor = torch.from_numpy(cached.labels.astype(np.int64)) if cached.labels is not None else None
