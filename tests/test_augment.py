@@ -171,14 +171,16 @@ TORCHVISION_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturatio
 
 
 @pytest.mark.usefixtures("torchvision_luma")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_color_jitter_equals_torchvision_ops_per_sample_in_each_samples_order(channels: int) -> None:
+def test_color_jitter_equals_torchvision_ops_per_sample_in_each_samples_order(channels: int, compiled: bool) -> None:
     """The batched jitter against an independent reference: torchvision's own ops (which clip),
-    applied one sample at a time in that sample's drawn order with its drawn factors."""
+    applied one sample at a time in that sample's drawn order with its drawn factors; eager, and
+    fused by torch.compile (`compile=true`)."""
     b = 48
     x = torch.rand(b, channels, 10, 10, generator=gen(3))
     p = aug.draw_jitter(b, 1.0, 0.8, gen(4), x.device)
-    out = aug.apply_jitter(x, p)
+    out = aug.apply_jitter(x, p, aug.jitter_kernels(compiled))
     n_ops = 4 if channels == 3 else 2
     for i in range(b):
         expected = x[i]

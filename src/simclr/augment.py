@@ -8,12 +8,16 @@ grouped convolution for blur), so it runs where the model runs, CPU or CUDA.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger("simclr")
 
 # ITU-R 601 luma weights, as in PIL's convert("L") (torchvision rounds red to 0.2989).
 LUMA = (0.299, 0.587, 0.114)
@@ -82,20 +86,67 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue by `shift` turns per sample, keeping HSV saturation and value: the same
     function as torchvision's RGB→HSV→RGB round trip, in closed form. With v = max, d = max −
     min and the hue h6 in sixths of a turn, channel n (R: 5, G: 3, B: 1) is
-    v − d·clamp(min(k, 4 − k), 0, 1) with k = (n + h6) mod 6."""
-    r, g, b = x.unbind(1)
+    v − d·clamp(min(k, 4 − k), 0, 1) with k = (n + h6) mod 6. Written as plain pointwise ops
+    (no `out=`) so that torch.compile fuses it into one loop."""
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
     v = torch.maximum(torch.maximum(r, g), b)  # elementwise: faster than a reduction over dim 1
     d = v - torch.minimum(torch.minimum(r, g), b)
     safe = torch.where(d > 0, d, 1.0)  # grey pixels: d = 0, the hue is irrelevant
     h6 = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h6 = (h6 + 6 * shift.view(-1, 1, 1)).remainder_(6)  # in [0, 6)
-    out = torch.empty_like(x)
-    for channel, n in enumerate((5.0, 3.0, 1.0)):
-        k = h6 + n  # in [1, 12): (n + h6) mod 6 without a second remainder
-        k = torch.where(k >= 6, k - 6, k)
-        w = torch.minimum(k, 4 - k).clamp_(0, 1)
-        torch.addcmul(v, d, w, value=-1, out=out[:, channel])
-    return out
+    h6 = h6 + 6 * shift.view(-1, 1, 1)
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(h6 + n, 6)
+        channels.append(v - d * torch.minimum(k, 4 - k).clamp(0, 1))
+    return torch.stack(channels, 1)
+
+
+def _affine(x: torch.Tensor, a: torch.Tensor, k_gray: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
+    """x ← clamp(a·x + k_gray·gray(x) + k_mean·mean(gray(x)), 0, 1) with per-sample (B,)
+    coefficients: brightness (a), contrast (k_mean = 1 − a) and saturation (k_gray = 1 − a)."""
+    gray = grayscale(x)
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+    y = torch.addcmul(k_mean.view(-1, 1, 1, 1) * mean, x, a.view(-1, 1, 1, 1))
+    return y.addcmul_(gray, k_gray.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+class JitterKernels(NamedTuple):
+    """The colour jitter's pointwise work: eager, or fused by torch.compile."""
+
+    hue: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    affine: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+EAGER = JitterKernels(_hue, _affine)
+_fused: JitterKernels | None = None
+
+
+def _compiled(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`fn` through torch.compile (dynamic shapes: the hue runs on a different number of samples
+    each stage), or `fn` itself from the first failure on (no C++ compiler, say) with a warning."""
+    fused = torch.compile(fn, dynamic=True)
+    works = [True]
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        if works[0]:
+            try:
+                return fused(*args)  # type: ignore[no-any-return]
+            except Exception as e:  # any backend failure: the eager function computes the same
+                works[0] = False
+                log.warning("augmentation: torch.compile failed (%s); using eager kernels", str(e).splitlines()[0])
+        return fn(*args)
+
+    return call
+
+
+def jitter_kernels(compiled: bool) -> JitterKernels:
+    """The kernels: fused ones are compiled once per process, on first use."""
+    global _fused
+    if not compiled:
+        return EAGER
+    if _fused is None:
+        _fused = JitterKernels(_compiled(_hue), _compiled(_affine))
+    return _fused
 
 
 @dataclass(frozen=True)
@@ -125,7 +176,7 @@ def draw_jitter(
     return JitterParams(factors, apply, order)
 
 
-def apply_jitter(x: torch.Tensor, p: JitterParams) -> torch.Tensor:
+def apply_jitter(x: torch.Tensor, p: JitterParams, kernels: JitterKernels = EAGER) -> torch.Tensor:
     """Each sample's ops in its own order, each followed by clipping to [0, 1] (as the official
     code does). Brightness, contrast and saturation are all x ← a·x + b·gray(x) + c·mean(gray(x))
     with per-sample (a, b, c), so each of the four stages is one pass over the whole batch (the
@@ -140,19 +191,18 @@ def apply_jitter(x: torch.Tensor, p: JitterParams) -> torch.Tensor:
         affine = (op >= 0) & (op <= 2)
         if affine.any():
             a = torch.where(affine, f.gather(1, op.clamp(0, 2).view(-1, 1)).squeeze(1), ones)
-            k_gray = torch.where(op == 2, 1 - f[:, 2], zeros).view(-1, 1, 1, 1)
-            k_mean = torch.where(op == 1, 1 - f[:, 1], zeros).view(-1, 1, 1, 1)
-            gray = grayscale(x)
-            y = torch.addcmul(k_mean * gray.mean(dim=(1, 2, 3), keepdim=True), x, a.view(-1, 1, 1, 1))
-            x = y.addcmul_(gray, k_gray).clamp_(0, 1)
+            k_gray = torch.where(op == 2, 1 - f[:, 2], zeros)
+            k_mean = torch.where(op == 1, 1 - f[:, 1], zeros)
+            x = kernels.affine(x, a, k_gray, k_mean)
         hue = torch.nonzero(op == 3).squeeze(1)
         if hue.numel():
-            x[hue] = _hue(x[hue], f[hue, 3]).clamp_(0, 1)
+            x[hue] = kernels.hue(x[hue], f[hue, 3]).clamp_(0, 1)
     return x
 
 
 def color_jitter(
-    x: torch.Tensor, strength: float, prob: float, gen: torch.Generator | None, frames: int = 1
+    x: torch.Tensor, strength: float, prob: float, gen: torch.Generator | None, frames: int = 1,
+    kernels: JitterKernels = EAGER,
 ) -> torch.Tensor:
     """With probability `prob` per sample: brightness, contrast and saturation factors
     U(1 - 0.8s, 1 + 0.8s) and a hue shift U(-0.2s, 0.2s), in a random order per sample, each
@@ -160,7 +210,7 @@ def color_jitter(
     p = draw_jitter(x.shape[0] // frames, strength, prob, gen, x.device)
     if frames > 1:
         p = JitterParams(*(t.repeat_interleave(frames, 0) for t in (p.factors, p.apply, p.order)))
-    return apply_jitter(x, p)
+    return apply_jitter(x, p, kernels)
 
 
 def random_grayscale(x: torch.Tensor, prob: float, gen: torch.Generator | None, frames: int = 1) -> torch.Tensor:
@@ -217,6 +267,7 @@ class ImageAugment:
     blur_prob: float = 0.5
     blur_sigma_min: float = 0.1
     blur_sigma_max: float = 2.0
+    compiled: bool = False  # the colour jitter's pointwise work fused by torch.compile
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None, frames: int = 1) -> torch.Tensor:
         """(B, C, H, W) uint8 or float in [0, 1] -> (B, C, size, size) float32 in [0, 1]. With
@@ -231,7 +282,8 @@ class ImageAugment:
         )
         x = x.clamp_(0, 1)  # bilinear resampling stays in range; this guards rounding
         if self.color_jitter_prob > 0 and self.color_jitter_strength > 0:
-            x = color_jitter(x, self.color_jitter_strength, self.color_jitter_prob, gen, frames)
+            x = color_jitter(x, self.color_jitter_strength, self.color_jitter_prob, gen, frames,
+                             jitter_kernels(self.compiled))
         if self.grayscale_prob > 0:
             x = random_grayscale(x, self.grayscale_prob, gen, frames)
         if self.blur_prob > 0:

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def build_augment(cfg: AugmentConfig, image_size: int) -> ImageAugment:
-    """The paper's recipe, or its CIFAR variant (colour strength 0.5, no blur) for small images."""
+def build_augment(cfg: AugmentConfig, image_size: int, compiled: bool = False) -> ImageAugment:
+    """The paper's recipe, or its CIFAR variant (colour strength 0.5, no blur) for small images;
+    `compiled`: the colour jitter fused by torch.compile (the run's `compile=true`)."""
     recipe = cfg.recipe
     if recipe == "auto":
         recipe = "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
@@ -32,6 +33,7 @@ def build_augment(cfg: AugmentConfig, image_size: int) -> ImageAugment:
         color_jitter_prob=cfg.color_jitter_prob,
         grayscale_prob=cfg.grayscale_prob,
         blur_prob=blur if cfg.blur_prob is None else cfg.blur_prob,
+        compiled=compiled,
     )
 
 
@@ -51,7 +53,7 @@ class ImageModality:
         return data, None
 
     def build_augment(self, cfg: Config, input_shape: list[int]) -> Augment:
-        return build_augment(cfg.augment, input_shape[-1])
+        return build_augment(cfg.augment, input_shape[-1], cfg.compile)
 
     def build_encoder(self, cfg: Config, input_shape: list[int], data: Any | None = None) -> nn.Module:
         return build_encoder(cfg.model.encoder, input_shape[0], input_shape[-1], cfg.model.cifar_stem)

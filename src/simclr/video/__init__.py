@@ -84,7 +84,7 @@ class VideoModality:
         return (same_classes(data, like.classes, source) if like is not None else data), None
 
     def build_augment(self, cfg: Config, input_shape: list[int]) -> Augment:
-        return ClipAugment(build_augment(cfg.augment, input_shape[-1]), cfg.video.clip_frames)
+        return ClipAugment(build_augment(cfg.augment, input_shape[-1], cfg.compile), cfg.video.clip_frames)
 
     def build_encoder(self, cfg: Config, input_shape: list[int], data: Any | None = None) -> nn.Module:
         v = cfg.video
