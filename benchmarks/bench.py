@@ -649,7 +649,7 @@ def bench_e2e(runner: Runner, inputs: dict[str, str], work: Path, quick: bool) -
             "ours": ("main", {"case": "e2e_ours", **common}),
             "lightly": ("lightly", {"case": "e2e_lightly", **common, "workers": 2}),
         }
-        if encoder == "resnet18" and not quick:  # the model-bound case: what compilation adds
+        if not quick:  # compile=true: the network and the colour jitter fused by torch.compile
             contenders["ours_compiled"] = ("main", {"case": "e2e_ours", **common, "overrides": ["compile=true"]})
         rows = runner.alternate(contenders, 1 if encoder == "resnet18" or quick else 2)
         results[encoder] = {
