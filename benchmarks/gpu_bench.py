@@ -119,13 +119,15 @@ def check_autocast(device: torch.device) -> dict[str, Any]:
 
 def bench_augment(device: torch.device, images: torch.Tensor, batch: int, iters: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for size, augment in ((32, ImageAugment(32, color_jitter_strength=0.5, blur_prob=0.0)), (96, ImageAugment(96))):
-        x = images[:batch] if size == 32 else torch.nn.functional.interpolate(
-            images[:batch].float(), size=96).round().byte()
-        x = x.to(device)
-        gen = torch.Generator(device=device).manual_seed(0)
-        seconds = timed(lambda: two_views(augment, x, gen), device, iters)  # noqa: B023
-        out[f"{size}px"] = {"images_per_s": len(x) / seconds, "batch": len(x)}
+    for compiled in (False, True):  # compile=true: the colour jitter fused (Triton kernels on CUDA)
+        for size, augment in ((32, ImageAugment(32, color_jitter_strength=0.5, blur_prob=0.0, compiled=compiled)),
+                              (96, ImageAugment(96, compiled=compiled))):
+            x = images[:batch] if size == 32 else torch.nn.functional.interpolate(
+                images[:batch].float(), size=96).round().byte()
+            x = x.to(device)
+            gen = torch.Generator(device=device).manual_seed(0)
+            seconds = timed(lambda: two_views(augment, x, gen), device, iters, warmup=4 if compiled else 2)  # noqa: B023
+            out[f"{size}px{'_compiled' if compiled else ''}"] = {"images_per_s": len(x) / seconds, "batch": len(x)}
     return out
 
 
