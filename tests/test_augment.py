@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -317,3 +319,24 @@ def test_build_augment_explicit_recipe_and_overrides() -> None:
     a = build_augment(cfg, 32)
     assert (a.color_jitter_strength, a.blur_prob, a.min_scale) == (0.3, 0.25, 0.5)
     assert (a.flip_prob, a.color_jitter_prob, a.grayscale_prob) == (0.1, 0.6, 0.05)
+
+
+def test_a_failing_compile_falls_back_to_the_eager_kernels(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No C++ compiler, an unsupported platform: one warning, then the same result as eager."""
+
+    def broken(fn: object, **kwargs: object) -> object:
+        def fail(*args: object) -> None:
+            raise RuntimeError("InductorError: no working C++ compiler found\nmore detail")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    fused = aug.Fused(aug._hue)
+    x, shift = torch.rand(4, 3, 6, 6, generator=gen(1)), torch.linspace(-0.4, 0.4, 4)
+    with caplog.at_level(logging.WARNING, logger="simclr"):
+        first, second = fused(x, shift), fused(x, shift)
+    assert torch.equal(first, aug._hue(x, shift)) and torch.equal(second, first)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "compile failed (InductorError: no working C++ compiler found); using eager" in warnings[0]

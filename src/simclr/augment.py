@@ -123,22 +123,22 @@ EAGER = JitterKernels(_hue, _affine)
 _fused: JitterKernels | None = None
 
 
-def _compiled(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+class Fused:
     """`fn` through torch.compile (dynamic shapes: the hue runs on a different number of samples
-    each stage), or `fn` itself from the first failure on (no C++ compiler, say) with a warning."""
-    fused = torch.compile(fn, dynamic=True)
-    works = [True]
+    each stage), or `fn` itself from the first failure on (no C++ compiler, say), with a warning."""
 
-    def call(*args: torch.Tensor) -> torch.Tensor:
-        if works[0]:
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
+        self.fused: Callable[..., torch.Tensor] | None = torch.compile(fn, dynamic=True)
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
             try:
-                return fused(*args)  # type: ignore[no-any-return]
+                return self.fused(*args)
             except Exception as e:  # any backend failure: the eager function computes the same
-                works[0] = False
+                self.fused = None
                 log.warning("augmentation: torch.compile failed (%s); using eager kernels", str(e).splitlines()[0])
-        return fn(*args)
-
-    return call
+        return self.fn(*args)
 
 
 def jitter_kernels(compiled: bool) -> JitterKernels:
@@ -147,7 +147,7 @@ def jitter_kernels(compiled: bool) -> JitterKernels:
     if not compiled:
         return EAGER
     if _fused is None:
-        _fused = JitterKernels(_compiled(_hue), _compiled(_affine))
+        _fused = JitterKernels(Fused(_hue), Fused(_affine))
     return _fused
 
 
