@@ -27,12 +27,15 @@ CASES = {
     "mnist": {
         "data": SHARED / "mnist",
         "eval_data": f"{SHARED / 'mnist'}:test",
-        # Digits are not mirror-symmetric and fill a 28 px frame: no flips, crops of at least 40%
-        # (U(0.08, 1) often cuts the digit off), half-strength brightness/contrast jitter, and
-        # tau = 0.2. One-epoch trials (linear probe): 0.952 with the default recipe, 0.963 with
-        # crops >= 25% and jitter 0.5, 0.969 with crops >= 40%, 0.969 with crops >= 25% and tau 0.2.
+        # Digits are not mirror-symmetric and fill a 28 px frame: no flips, crops of at least 50%
+        # (U(0.08, 1) often cuts the digit off), half-strength brightness/contrast jitter, tau = 0.2,
+        # and the SimCLRv2 projection head (3 layers, BN on each). One-epoch trials (linear probe):
+        # 0.952 with the default recipe, 0.963 with crops >= 25% and jitter 0.5, 0.969 with crops
+        # >= 40%, 0.972 with crops >= 50%. At 7 epochs: crops >= 40% with head v1 0.9835, with head
+        # v2 0.9831; crops >= 50% with head v2 0.9864.
         "overrides": ["model.encoder=small_cnn", "batch_size=128", "augment.flip_prob=0", *SHORT_RUN,
-                      "augment.min_scale=0.4", "augment.color_jitter_strength=0.5", "temperature=0.2"],
+                      "augment.min_scale=0.5", "augment.color_jitter_strength=0.5", "temperature=0.2",
+                      "model.head_version=2"],
     },
     "cifar10": {
         "data": SHARED / "cifar10_jpeg" / "cifar10-train-first2000perclass-jpeg.zip",
