@@ -81,10 +81,10 @@ Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], t
 @runtime_checkable
 class Trainer(Protocol):
     """What a modality adds when it trains its own network with its own loss instead of SimCLR's
-    two views through one encoder (simclr.paired: an image and its caption through two
-    encoders, the cross-modal loss). The loop, schedule, checkpoints and signals stay shared.
-    The network keeps SimCLR's `encoder` and `head` (for paired data, the image side) so the
-    kNN monitor, the report and the image exports work on it unchanged."""
+    two views through one encoder (simclr.paired: the two sides of a pair, an image and its
+    caption say, through two encoders, the cross-modal loss). The loop, schedule, checkpoints
+    and signals stay shared. The network keeps SimCLR's `encoder` and `head` (for paired data,
+    the first side) so the kNN monitor, the report and the exports work on it unchanged."""
 
     def build_model(self, cfg: Config, input_shape: list[int], data: Any) -> SimCLR: ...
     def objective(self, cfg: Config, model: SimCLR, data: Any, device: torch.device) -> Objective: ...
