@@ -122,12 +122,11 @@ class PairedModality:
     def objective(self, cfg: Config, model: SimCLR, data: Any, device: torch.device) -> Objective:
         assert isinstance(model, PairedModel)
         first, second = data.modalities
-        shape = [int(v) for v in data.inputs.shape[1:]]
         second_augment = None
         if second != "text" or cfg.paired.text_augment:  # captions stay as written unless asked
             second_augment = get(second).build_augment(cfg, data.second_shape)
         channels_last = cfg.channels_last and first == "image"
-        return PairedObjective(model, self.build_augment(cfg, shape), data.second.to(device), second_augment,
+        return PairedObjective(model, self.build_augment(cfg, data.first_shape), data.second.to(device), second_augment,
                                channels_last)
 
     def evaluate(
@@ -139,10 +138,9 @@ class PairedModality:
         assert isinstance(model, PairedModel)
         if test is None:
             return None
-        shape = [int(v) for v in train.inputs.shape[1:]]
         results, notes = evaluate_paired(
-            model, lambda: build_paired_model(cfg, shape, train.second_shape), train, test, templates_of(cfg),
-            cfg.text.max_length, cfg.seed, device, probe_settings(cfg), self.baseline(cfg),
+            model, lambda: build_paired_model(cfg, train.first_shape, train.second_shape), train, test,
+            templates_of(cfg), cfg.text.max_length, cfg.seed, device, probe_settings(cfg), self.baseline(cfg),
         )
         save_eval(out / "eval.json", results, notes)
         return results

@@ -63,14 +63,14 @@ def embed_run(run_dir: Path, source: str, out: Path, side: str | None, device: t
     if side is not None and side not in sides:
         raise UserError(f"--side {side}: this run pairs {sides[0]} with {sides[1]}")
     data, _ = load_pairs(source, cfg, run_encoding(run_dir, shape))
-    inputs = (data.inputs, data.fixed_second(cfg.seed)[0])
+    inputs = data.side_inputs(cfg.seed)
     model = model.to(device)
     arrays: dict[str, np.ndarray] = {}
     for k, name in enumerate(sides):
         if side is not None and name != side:
             continue
         h = extract_features(model.side_encoder(k), inputs[k], device=device, progress=f"embedding {name}")
-        z = F.normalize(extract_features(model.second_head if k else model.head, h, device=device), dim=1)
+        z = F.normalize(extract_features(model.side_head(k), h, device=device), dim=1)
         arrays[f"{name}_embeddings"], arrays[f"{name}_shared"] = h.numpy(), z.numpy()
         if side:
             arrays["embeddings"] = h.numpy()

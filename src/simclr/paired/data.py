@@ -54,7 +54,6 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl")
 SHOWN_SKIPPED = 5  # skipped files named in the warning; all of them go to skipped_files.txt
 PAIR_SERIES_COLUMNS = ("series", "values", "signal", "sequence")
 PAIR_VIDEO_COLUMNS = ("video", "video_path", "clip")
-SIDE_MODALITIES = ("image", "series", "text", "video")
 
 
 @dataclass
@@ -112,8 +111,9 @@ class PairedData:
         return [int(v) for v in self.second.shape[2:]]
 
     @property
-    def vocab_size(self) -> int:
-        return int(self.tokenizer.get_vocab_size())
+    def first_shape(self) -> list[int]:
+        """One first-side input's shape: what its encoder is built for (and checkpoints record)."""
+        return [int(v) for v in self.first.inputs.shape[1:]]
 
     def side(self, k: int) -> Any:
         """Side k's data as its encoder builder reads it (the second side: its first candidates)."""
@@ -134,6 +134,10 @@ class PairedData:
         chosen = self.second[torch.arange(len(self)), choice]
         texts = [self.texts[i][int(c)] for i, c in enumerate(choice)] if self.texts is not None else None
         return chosen, texts
+
+    def side_inputs(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both sides' inputs, one row per pair (the seeded candidate of the second side)."""
+        return self.inputs, self.fixed_second(seed)[0]
 
     def side_texts(self, seed: int) -> list[str] | None:
         """The texts of the text side (the fixed candidate for the second side), else None."""
@@ -168,8 +172,11 @@ def is_manifest(path: Path, cfg: Config, modalities: tuple[str, str]) -> bool:
     of the first side's modality, such as a series CSV)."""
     lower = {n.strip().lower() for n in header_names(path)}
     columns = side_columns(cfg)
-    return all(m in columns and (columns[m][0] or "").lower() in lower | {""} and
-               (columns[m][0] is not None or bool(lower & set(columns[m][1]))) for m in modalities)
+
+    def has(wanted: str | None, defaults: tuple[str, ...]) -> bool:
+        return wanted.lower() in lower if wanted is not None else bool(lower & set(defaults))
+
+    return all(has(*columns[m]) for m in modalities)
 
 
 def read_manifest(
@@ -260,10 +267,16 @@ def _decode_manifest(
                                       ids=[distinct[i] for i in decoded.kept]))
         finally:
             slot.cleanup()
+    return _rows_of(cached, written)
+
+
+def _rows_of(cached: Any, written: list[str]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """A cache entry of distinct files (its `ids`) spread back over the manifest's rows, which may
+    name a file several times: (inputs of the rows kept, a fresh contiguous copy; the rows kept;
+    the files skipped)."""
     where = {w: i for i, w in enumerate(cached.ids or [])}
     kept = [row for row, w in enumerate(written) if w in where]
-    images = cached.images[[where[written[row]] for row in kept]]  # a fresh, contiguous copy
-    return images, kept, cached.skipped
+    return cached.images[[where[written[row]] for row in kept]], kept, cached.skipped
 
 
 def warn_skipped(where: str, skipped: list[tuple[str, str]], dropped: int, total: int) -> None:
@@ -330,7 +343,7 @@ class Encoding:
 
     @classmethod
     def like(cls, data: PairedData) -> Encoding:
-        return cls([int(v) for v in data.inputs.shape[1:]], data.second_shape, data.tokenizer, data.classes)
+        return cls(data.first_shape, data.second_shape, data.tokenizer, data.classes)
 
 
 def load_pairs(
@@ -407,9 +420,7 @@ def _decode_manifest_videos(
     identity = {"kind": "manifest-videos", "path": os.path.abspath(path)}
     cached = decode_video_files(files, distinct, f"{path.stem}-videos", identity, size, v.fps, frames, channels,
                                 cfg.data.cache_dir, cfg.data.strict)
-    where = {w: i for i, w in enumerate(cached.ids or [])}
-    kept = [row for row, w in enumerate(written) if w in where]
-    return cached.images[[where[written[row]] for row in kept]], kept, cached.skipped
+    return _rows_of(cached, written)
 
 
 def _manifest_pairs(path: Path, cfg: Config, modalities: tuple[str, str], enc: Encoding) -> PairedData:

@@ -80,11 +80,6 @@ def caption_groups(texts: list[str]) -> torch.Tensor:
     return torch.tensor([index.setdefault(t, len(index)) for t in texts], dtype=torch.long)
 
 
-def side_inputs(data: PairedData, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both sides' inputs for evaluation, one row per pair (a seeded candidate of the second)."""
-    return data.inputs, data.fixed_second(seed)[0]
-
-
 def cross_modal_metrics(
     model: PairedModel, data: PairedData, templates: list[str], max_length: int, seed: int,
     device: torch.device | str = "cpu",
@@ -92,7 +87,7 @@ def cross_modal_metrics(
     """Retrieval on `data`'s pairs (one seeded second-side candidate each) and, with a text
     side, labels and class names, zero-shot accuracy of the other side; with a note on how many
     texts are distinct."""
-    inputs = side_inputs(data, seed)
+    inputs = data.side_inputs(seed)
     z = [extract_features(model.tower(k), inputs[k], device=device) for k in (0, 1)]
     texts = data.side_texts(seed)
     groups = caption_groups(texts) if texts is not None else None

@@ -57,13 +57,17 @@ class PairedModel(SimCLR):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.encoder(x1)), self.second_head(self.second_encoder(x2))
 
+    def side_encoder(self, side: int) -> nn.Module:
+        """f of side 0 (the first) or 1."""
+        return self.encoder if side == 0 else self.second_encoder
+
+    def side_head(self, side: int) -> nn.Module:
+        """g of side 0 or 1: h into the shared space."""
+        return self.head if side == 0 else self.second_head
+
     def tower(self, side: int) -> nn.Sequential:
         """x -> z for side 0 or 1, into the shared space (shared modules, not copies)."""
-        return nn.Sequential(self.encoder, self.head) if side == 0 else nn.Sequential(self.second_encoder,
-                                                                                        self.second_head)
-
-    def side_encoder(self, side: int) -> nn.Module:
-        return self.encoder if side == 0 else self.second_encoder
+        return nn.Sequential(self.side_encoder(side), self.side_head(side))
 
 
 def build_temperature(initial: float, learn: bool, minimum: float) -> nn.Module:

@@ -72,6 +72,15 @@ def fit_frames(video: np.ndarray, frames: int) -> np.ndarray:
     return video[np.arange(frames) % len(video)]
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime) of a file, the cache's fingerprint; (-1, -1) when it is missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
 def decode_video_files(
     files: list[Path], ids: list[str], name: str, identity: dict[str, Any], size: int, fps: float | None,
     frames: int, channels: int, cache_dir: str | None, strict: bool,
@@ -82,7 +91,7 @@ def decode_video_files(
     `images` are the clips of the files kept, `ids` their ids, `skipped` the others with their
     reason). A missing or undecodable file is skipped, or stops the load with `strict`."""
     identity = {**identity, "size": size, "fps": fps, "frames": frames, "channels": channels}
-    stamps = [[str(p), *((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, -1))] for p in files]
+    stamps = [[str(p), *_stamp(p)] for p in files]
     slot = Slot.for_source(cache_root(cache_dir), name, identity, stamps)
     cached = slot.read()
     if cached is not None:
