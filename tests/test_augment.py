@@ -110,10 +110,11 @@ def test_all_randomness_off_is_identity(channels: int) -> None:
 @pytest.mark.parametrize(("h", "w", "size"), [(16, 16, 24), (12, 20, 16), (30, 18, 8)])
 def test_all_randomness_off_is_a_plain_resize(h: int, w: int, size: int) -> None:
     # A non-square image cannot hold a square box of area 1, so the crop falls back to the
-    # whole image, which is then resized (bilinear) to size×size.
+    # whole image, which is then resized to size×size: bilinear, antialiased where it shrinks,
+    # exactly as torchvision's resize.
     x = uint8_images(3, 3, h, w)
     out = ImageAugment(size=size, **OFF)(x, gen())
-    expected = F.interpolate(x.float() / 255, size=(size, size), mode="bilinear", align_corners=False)
+    expected = TF.resize(x.float() / 255, [size, size], antialias=True)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
@@ -126,7 +127,8 @@ def test_flip_only_equals_torch_flip() -> None:
 @pytest.mark.parametrize(("area", "ratio"), [(0.25, 1.0), (0.25, 2.0), (0.5, 0.5)])
 def test_crop_area_and_aspect_ratio(area: float, ratio: float) -> None:
     # On ramps (value = column / (W-1), or row / (H-1)), the span of values across the output
-    # is the fraction of the image side the box covers: w = sqrt(area * ratio), h = sqrt(area / ratio).
+    # is the box side in whole pixels, w = round(s * sqrt(area * ratio)), minus one, over W - 1:
+    # the box's end pixels are the outermost ones sampled (upsampling clamps to the box).
     s = 32
     ramp = torch.arange(s, dtype=torch.float32) / (s - 1)
     x = torch.stack([ramp.view(1, s).expand(s, s), ramp.view(s, 1).expand(s, s), torch.zeros(s, s)])
@@ -135,11 +137,59 @@ def test_crop_area_and_aspect_ratio(area: float, ratio: float) -> None:
     out = a(x, gen())
     span_w = out[:, 0].amax(dim=(1, 2)) - out[:, 0].amin(dim=(1, 2))
     span_h = out[:, 1].amax(dim=(1, 2)) - out[:, 1].amin(dim=(1, 2))
-    # Boxes touching the border lose at most half a pixel to clamping: 0.5 / 31 < 0.02.
-    torch.testing.assert_close(span_w, torch.full_like(span_w, (area * ratio) ** 0.5), atol=0.02, rtol=0)
-    torch.testing.assert_close(span_h, torch.full_like(span_h, (area / ratio) ** 0.5), atol=0.02, rtol=0)
+    w, h = round(s * (area * ratio) ** 0.5), round(s * (area / ratio) ** 0.5)
+    torch.testing.assert_close(span_w, torch.full_like(span_w, (w - 1) / (s - 1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(span_h, torch.full_like(span_h, (h - 1) / (s - 1)), atol=1e-5, rtol=0)
     # The box position is random per sample.
     assert out[:, 0].amin(dim=(1, 2)).std() > 0.05
+
+
+def _random_boxes(b: int, height: int, width: int, seed: int) -> aug.Boxes:
+    g = gen(seed)
+    h = torch.randint(1, height + 1, (b,), generator=g)
+    w = torch.randint(1, width + 1, (b,), generator=g)
+    top = (torch.rand(b, generator=g) * (height - h + 1)).long()
+    left = (torch.rand(b, generator=g) * (width - w + 1)).long()
+    return aug.Boxes(top, left, h, w, torch.rand(b, generator=g) < 0.5)
+
+
+@pytest.mark.parametrize(("h", "w", "size"), [(32, 32, 32), (96, 80, 48), (20, 28, 40)])
+def test_both_crop_resizers_equal_torchvision_resized_crop(h: int, w: int, size: int) -> None:
+    # Up- and downsampling boxes of every shape: the per-sample loop (used on the CPU for large
+    # images) and the batched matrix products (small images, GPUs) both compute torchvision's
+    # resized_crop(antialias=True) then horizontal_flip; in float exactly, from uint8 within one
+    # level (the loop rounds to uint8 as torchvision does, the matrix products do not).
+    boxes = _random_boxes(24, h, w, seed=3)
+    x8 = uint8_images(24, 3, h, w, seed=4)
+    xf = x8.float() / 255
+
+    def expected(x: torch.Tensor) -> torch.Tensor:
+        views = []
+        for i, (top, left, bh, bw, flip) in enumerate(zip(*(t.tolist() for t in boxes), strict=True)):
+            v = TF.resized_crop(x[i], top, left, bh, bw, [size, size], antialias=True)
+            views.append(TF.horizontal_flip(v) if flip else v)
+        return torch.stack(views)
+
+    torch.testing.assert_close(aug.crop_resize_batched(xf, boxes, size), expected(xf), atol=1e-5, rtol=0)
+    torch.testing.assert_close(aug.crop_resize_each(xf, boxes, size), expected(xf), atol=1e-5, rtol=0)
+    torch.testing.assert_close(aug.crop_resize_batched(x8, boxes, size), expected(xf), atol=1e-5, rtol=0)
+    loop8 = aug.crop_resize_each(x8, boxes, size) * 255
+    assert (loop8 - loop8.round()).abs().max() < 1e-4  # whole levels
+    assert (loop8.round().int() - expected(x8).int()).abs().max() <= 1
+
+
+def test_draw_boxes_follow_torchvision() -> None:
+    # Whole-pixel sides with the drawn area and aspect ratio (within rounding), inside the image,
+    # positions spread over every valid offset, and the whole image when nothing fits.
+    b = aug.draw_boxes(4000, 40, 60, (0.08, 1.0), (3 / 4, 4 / 3), 0.5, gen(5), torch.device("cpu"))
+    assert ((b.top >= 0) & (b.top + b.height <= 40) & (b.left >= 0) & (b.left + b.width <= 60)).all()
+    area = (b.height * b.width).float() / (40 * 60)
+    ratio = b.width.float() / b.height.float()
+    assert area.min() >= 0.06 and area.max() <= 1 and 0.6 < ratio.min() and ratio.max() < 1.5
+    assert b.top[b.height == 20].unique().numel() == 21  # every offset of a 20-row box occurs
+    assert 0.45 < b.flip.float().mean() < 0.55
+    none_fit = aug.draw_boxes(50, 10, 40, (1.0, 1.0), (1.0, 1.0), 0.0, gen(6), torch.device("cpu"))
+    assert (none_fit.height == 10).all() and (none_fit.width == 40).all() and (none_fit.top == 0).all()
 
 
 def test_grayscale_prob_one_gives_equal_channels() -> None:
@@ -258,9 +308,9 @@ def test_color_jitter_draws_every_order_and_the_whole_factor_range() -> None:
 
 def test_blur_preserves_constant_and_reduces_noise_variance() -> None:
     const = torch.full((4, 3, 40, 40), 0.37)
-    torch.testing.assert_close(aug.gaussian_blur(const, 1.0, (0.1, 2.0), gen()), const, atol=1e-6, rtol=0)
+    torch.testing.assert_close(aug.gaussian_blur_(const.clone(), 1.0, (0.1, 2.0), gen()), const, atol=1e-6, rtol=0)
     noise = torch.rand(16, 1, 40, 40, generator=gen(12))
-    blurred = aug.gaussian_blur(noise, 1.0, (1.0, 2.0), gen(13))
+    blurred = aug.gaussian_blur_(noise.clone(), 1.0, (1.0, 2.0), gen(13))
     assert blurred.shape == noise.shape
     assert blurred.mean().item() == pytest.approx(noise.mean().item(), abs=0.01)
     assert (blurred.var(dim=(1, 2, 3)) < 0.5 * noise.var(dim=(1, 2, 3))).all()
@@ -268,7 +318,7 @@ def test_blur_preserves_constant_and_reduces_noise_variance() -> None:
 
 def test_blur_is_per_sample_with_probability() -> None:
     noise = torch.rand(200, 1, 20, 20, generator=gen(14))
-    out = aug.gaussian_blur(noise, 0.5, (1.0, 2.0), gen(15))
+    out = aug.gaussian_blur_(noise.clone(), 0.5, (1.0, 2.0), gen(15))
     untouched = (out == noise).flatten(1).all(1).float().mean().item()
     assert untouched == pytest.approx(0.5, abs=0.1)
 
@@ -341,3 +391,14 @@ def test_a_failing_compile_falls_back_to_the_eager_kernels(
     warnings = [r.getMessage() for r in caplog.records]
     expected = "torch.compile failed (InductorError: no working C++ compiler found); using eager kernels"
     assert len(warnings) == 1 and expected in warnings[0]
+
+
+@pytest.mark.parametrize(("h", "w"), [(40, 40), (24, 36)])
+def test_blur_equals_torchvision_gaussian_blur_per_sample(h: int, w: int) -> None:
+    x = torch.rand(3, 3, h, w, generator=gen(16))
+    sigma = torch.tensor([0.3, 1.0, 2.0])
+    radius = h // 20
+    out = aug.resample(x, aug.blur_weights(sigma, h, radius), aug.blur_weights(sigma, w, radius))
+    for i in range(3):
+        expected = TF.gaussian_blur(x[i], [2 * radius + 1] * 2, [sigma[i].item()] * 2)
+        torch.testing.assert_close(out[i], expected, atol=1e-6, rtol=0)

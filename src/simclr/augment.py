@@ -42,62 +42,134 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return (r * LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2])
 
 
+def resize_weights(
+    start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, out_size, in_size) weights that resize the spans [start, start + length) of an axis of
+    in_size pixels (per sample) to out_size pixels as torchvision's resize(antialias=True) of
+    the cropped span does: bilinear, with the triangle filter widened by the scale when
+    shrinking (PIL's antialiasing), centred at start + (i + 0.5)·scale for output pixel i, taps
+    outside the span dropped and the rest renormalized. `flip` (B,) reverses those samples."""
+    dev = start.device
+    scale = (length / out_size).view(-1, 1, 1)
+    i = torch.arange(out_size, device=dev).expand(start.numel(), -1)
+    if flip is not None:
+        i = torch.where(flip.view(-1, 1), out_size - 1 - i, i)
+    centers = start.view(-1, 1, 1) + (i + 0.5).unsqueeze(2) * scale  # (B, out_size, 1)
+    pixels = (torch.arange(in_size, device=dev) + 0.5).view(1, 1, -1)
+    w = (pixels - centers).abs_().div_(scale.clamp(min=1)).neg_().add_(1).clamp_(min=0)
+    w = w * ((pixels > start.view(-1, 1, 1)) & (pixels < (start + length).view(-1, 1, 1)))
+    return w.div_(w.sum(2, keepdim=True))
+
+
+def resample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """out[b, c] = rows[b] @ x[b, c] @ cols[b]ᵀ: a separable per-sample resampling of (B, C, H, W)
+    float as two batched matrix products (rows (B, S, H), cols (B, S', W))."""
+    b, c, h, w = x.shape
+    y = torch.bmm(x.reshape(b, c * h, w), cols.transpose(1, 2)).view(b, c, h, -1)  # (B, C, H, S')
+    return torch.matmul(rows.unsqueeze(1), y)  # (B, C, S, S')
+
+
+class Boxes(NamedTuple):
+    """Crop boxes in whole pixels, (B,) int64 each, and whether each sample is flipped."""
+
+    top: torch.Tensor
+    left: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
+    flip: torch.Tensor
+
+
+def draw_boxes(
+    b: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+    flip_prob: float, gen: torch.Generator | None, device: torch.device, attempts: int = 10,
+) -> Boxes:
+    """torchvision's RandomResizedCrop boxes: area U(scale)·H·W and aspect ratio log-uniform in
+    `ratio`, sides rounded to whole pixels, the first of up to `attempts` draws that fits,
+    the whole image if none does (as in the official code), a uniform position."""
+    area = _uniform(scale[0], scale[1], (b, attempts), gen, device) * (height * width)
+    r = torch.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), (b, attempts), gen, device))
+    w = torch.sqrt(area * r).round().long()
+    h = torch.sqrt(area / r).round().long()
+    fits = (w >= 1) & (w <= width) & (h >= 1) & (h <= height)
+    first = torch.argmax(fits.int(), dim=1, keepdim=True)  # first fitting attempt (or 0)
+    any_fit = fits.any(dim=1)
+    w = torch.where(any_fit, w.gather(1, first).squeeze(1), width)
+    h = torch.where(any_fit, h.gather(1, first).squeeze(1), height)
+    top = (torch.rand(b, generator=gen, device=device) * (height - h + 1)).long().clamp_(max=height - h)
+    left = (torch.rand(b, generator=gen, device=device) * (width - w + 1)).long().clamp_(max=width - w)
+    return Boxes(top, left, h, w, _bernoulli(flip_prob, b, gen, device))
+
+
+def crop_resize_each(x: torch.Tensor, boxes: Boxes, size: int, frames: int = 1) -> torch.Tensor:
+    """Each box cropped and resized by its own F.interpolate(antialias=True) call (for uint8,
+    PyTorch's fixed-point kernel: the fastest resize there is on the CPU, rounding to uint8
+    as torchvision does); float in [0, 1] out."""
+    out = x.new_empty(x.shape[0], x.shape[1], size, size)
+    for i, (top, left, h, w, flip) in enumerate(zip(*(t.tolist() for t in boxes), strict=True)):
+        clip = slice(i * frames, (i + 1) * frames)
+        y = F.interpolate(x[clip, :, top : top + h, left : left + w], size=(size, size), mode="bilinear",
+                          align_corners=False, antialias=True)
+        out[clip] = y.flip(-1) if flip else y
+    # One conversion of the whole batch: 2x faster than converting each small view.
+    return out.float().mul_(1 / 255) if x.dtype == torch.uint8 else out.clamp_(0, 1)
+
+
+def crop_resize_batched(x: torch.Tensor, boxes: Boxes, size: int, frames: int = 1) -> torch.Tensor:
+    """The same crops and resizes for the whole batch as two batched matrix products, in float
+    (the flip is reversed column weights, and the uint8 scale is folded into the row weights)."""
+    _, _, height, width = x.shape
+    rows = resize_weights(boxes.top, boxes.height, height, size)
+    cols = resize_weights(boxes.left, boxes.width, width, size, boxes.flip)
+    if x.dtype == torch.uint8:
+        rows = rows.mul_(1 / 255)
+    if frames > 1:
+        rows, cols = rows.repeat_interleave(frames, 0), cols.repeat_interleave(frames, 0)
+    # Weights ≥ 0 summing to 1 keep the range, within float rounding: the clamp guards that.
+    return resample(x.float(), rows, cols).clamp_(0, 1)
+
+
+# Per-sample resizing costs a call (~40 us) per sample; the batched matrix products cost
+# ~2·C·H·W·size flops per sample, dense. On the CPU the loop wins above about 64³ (at 96 px,
+# 256 views: 18 ms against 45; at 32 px, 512 views: 23 ms against 8); on a GPU the batched
+# form always does.
+PER_SAMPLE_ABOVE = 64**3
+
+
 def random_resized_crop_flip(
     x: torch.Tensor, size: int, scale: tuple[float, float], ratio: tuple[float, float],
     flip_prob: float, gen: torch.Generator | None, attempts: int = 10, frames: int = 1,
 ) -> torch.Tensor:
-    """Crop a random area fraction U(scale) with log-uniform aspect ratio, flip horizontally
-    with `flip_prob`, resize to size×size (bilinear), all samples through one grid_sample.
-
-    Like torchvision, up to `attempts` boxes are drawn and the first that fits is used, with
-    the whole image as the fallback. Boxes are continuous rather than whole pixels. With
-    `frames` > 1, each run of that many consecutive rows (the frames of one clip) shares a box.
-    """
+    """Crop a random box (`draw_boxes`), flip it horizontally with `flip_prob`, resize it to
+    size×size as torchvision does (bilinear, antialiased when shrinking): (B, C, H, W) uint8
+    or float in [0, 1] -> (B, C, size, size) float in [0, 1]. With `frames` > 1, each run of
+    that many consecutive rows (the frames of one clip) shares a box and a flip."""
     _, _, height, width = x.shape
-    b = x.shape[0] // frames
-    dev = x.device
-    area = _uniform(scale[0], scale[1], (b, attempts), gen, dev)
-    log_r = _uniform(math.log(ratio[0]), math.log(ratio[1]), (b, attempts), gen, dev)
-    r = torch.exp(log_r)
-    # Box sides as fractions of the image sides (area is a fraction of height*width pixels).
-    w = torch.sqrt(area * r * height / width)
-    h = torch.sqrt(area / r * width / height)
-    fits = (w <= 1) & (h <= 1)
-    first = torch.argmax(fits.int(), dim=1, keepdim=True)  # first fitting attempt (or 0)
-    any_fit = fits.any(dim=1)
-    w = torch.where(any_fit, w.gather(1, first).squeeze(1), torch.ones(b, device=dev))
-    h = torch.where(any_fit, h.gather(1, first).squeeze(1), torch.ones(b, device=dev))
-    left = torch.rand(b, generator=gen, device=dev) * (1 - w)
-    top = torch.rand(b, generator=gen, device=dev) * (1 - h)
-    flip = _bernoulli(flip_prob, b, gen, dev)
-
-    # affine_grid maps output coords in [-1, 1] to input coords: x_in = a * x_out + t.
-    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
-    theta[:, 0, 0] = torch.where(flip, -w, w)
-    theta[:, 0, 2] = 2 * left + w - 1
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = 2 * top + h - 1
-    theta = theta.repeat_interleave(frames, 0)
-    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    boxes = draw_boxes(x.shape[0] // frames, height, width, scale, ratio, flip_prob, gen, x.device, attempts)
+    if x.device.type == "cpu" and height * width * size > PER_SAMPLE_ABOVE:
+        return crop_resize_each(x, boxes, size, frames)
+    return crop_resize_batched(x, boxes, size, frames)
 
 
 def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue by `shift` turns per sample, keeping HSV saturation and value: the same
     function as torchvision's RGB→HSV→RGB round trip, in closed form. With v = max, d = max −
     min and the hue h6 in sixths of a turn, channel n (R: 5, G: 3, B: 1) is
-    v − d·clamp(min(k, 4 − k), 0, 1) with k = (n + h6) mod 6. Written as plain pointwise ops
-    (no `out=`) so that torch.compile fuses it into one loop."""
+    v − d·clamp(2 − |k − 2|, 0, 1) with k = (n + h6) mod 6. Written as plain pointwise ops
+    (no `out=`) so that torch.compile fuses it into one loop; the mod is k − 6·floor(k/6) on
+    a positive k (2.5x faster compiled than torch.remainder, the same function: the
+    trapezoid is 0 on both sides of the wrap)."""
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     v = torch.maximum(torch.maximum(r, g), b)  # elementwise: faster than a reduction over dim 1
     d = v - torch.minimum(torch.minimum(r, g), b)
     safe = torch.where(d > 0, d, 1.0)  # grey pixels: d = 0, the hue is irrelevant
     h6 = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h6 = h6 + 6 * shift.view(-1, 1, 1)
+    h6 = h6 + (6 * shift.view(-1, 1, 1) + 12)  # h6 ≥ -1 and |shift| ≤ 0.5 turn: now positive
     channels = []
     for n in (5.0, 3.0, 1.0):
-        k = torch.remainder(h6 + n, 6)
-        channels.append(v - d * torch.minimum(k, 4 - k).clamp(0, 1))
+        k = h6 + n
+        k = k - 6 * torch.floor(k * (1 / 6))
+        channels.append(v - d * torch.clamp(2 - torch.abs(k - 2), 0, 1))
     return torch.stack(channels, 1)
 
 
@@ -112,11 +184,24 @@ def _affine(x: torch.Tensor, a: torch.Tensor, k_gray: torch.Tensor, k_mean: torc
     return torch.addcmul(y, x, a.view(-1, 1, 1, 1)).clamp_(0, 1)
 
 
+def _stage(
+    x: torch.Tensor, a: torch.Tensor, k_gray: torch.Tensor, k_mean: torch.Tensor, shift: torch.Tensor,
+    hue: torch.Tensor,
+) -> torch.Tensor:
+    """One jitter stage of an RGB batch: the hue rotation for the samples whose turn it is
+    (`hue`, (B,) bool), the affine op for the others. Compiled, this is one pass over memory,
+    which costs less than computing the hue only for the few that need it (their rows gathered
+    out and put back: at 96 px, 12 ms a stage against 23)."""
+    return torch.where(hue.view(-1, 1, 1, 1), _hue(x, shift).clamp(0, 1), _affine(x, a, k_gray, k_mean))
+
+
 class JitterKernels(NamedTuple):
-    """The colour jitter's pointwise work: eager, or fused by torch.compile."""
+    """The colour jitter's pointwise work: eager, or fused by torch.compile (`stage` then does a
+    whole RGB stage in one kernel)."""
 
     hue: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     affine: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    stage: Callable[..., torch.Tensor] | None = None
 
 
 EAGER = JitterKernels(_hue, _affine)
@@ -147,7 +232,7 @@ def jitter_kernels(compiled: bool) -> JitterKernels:
     if not compiled:
         return EAGER
     if _fused is None:
-        _fused = JitterKernels(Fused(_hue), Fused(_affine))
+        _fused = JitterKernels(Fused(_hue), Fused(_affine), Fused(_stage))
     return _fused
 
 
@@ -183,21 +268,25 @@ def apply_jitter(x: torch.Tensor, p: JitterParams, kernels: JitterKernels = EAGE
     code does). Brightness, contrast and saturation are all x ← a·x + b·gray(x) + c·mean(gray(x))
     with per-sample (a, b, c), so each of the four stages is one pass over the whole batch (the
     samples doing something else at that stage get (1, 0, 0), which leaves them exactly as they
-    are); the hue op runs on the samples whose turn it is."""
+    are); the hue op runs on the samples whose turn it is. x itself is left as it is."""
     f = p.factors.to(x.dtype)
     ones, zeros = torch.ones_like(f[:, 0]), torch.zeros_like(f[:, 0])
     n_ops = 4 if x.shape[1] == 3 else 2  # saturation and hue do nothing to a single channel
-    x = x.clone()
+    owned = False  # whether x is a tensor of our own yet, to write into
     for stage in range(4):
         op = torch.where(p.apply & (p.order[:, stage] < n_ops), p.order[:, stage], -1)  # -1: nothing
         affine = (op >= 0) & (op <= 2)
+        a = torch.where(affine, f.gather(1, op.clamp(0, 2).view(-1, 1)).squeeze(1), ones)
+        k_gray = torch.where(op == 2, 1 - f[:, 2], zeros)
+        k_mean = torch.where(op == 1, 1 - f[:, 1], zeros)
+        if kernels.stage is not None and n_ops == 4:
+            x, owned = kernels.stage(x, a, k_gray, k_mean, f[:, 3], op == 3), True
+            continue
         if affine.any():
-            a = torch.where(affine, f.gather(1, op.clamp(0, 2).view(-1, 1)).squeeze(1), ones)
-            k_gray = torch.where(op == 2, 1 - f[:, 2], zeros)
-            k_mean = torch.where(op == 1, 1 - f[:, 1], zeros)
-            x = kernels.affine(x, a, k_gray, k_mean)
+            x, owned = kernels.affine(x, a, k_gray, k_mean), True
         hue = torch.nonzero(op == 3).squeeze(1)
         if hue.numel():
+            x, owned = (x, True) if owned else (x.clone(), True)
             x[hue] = kernels.hue(x[hue], f[hue, 3]).clamp_(0, 1)
     return x
 
@@ -215,38 +304,49 @@ def color_jitter(
     return apply_jitter(x, p, kernels)
 
 
-def random_grayscale(x: torch.Tensor, prob: float, gen: torch.Generator | None, frames: int = 1) -> torch.Tensor:
+def random_grayscale_(x: torch.Tensor, prob: float, gen: torch.Generator | None, frames: int = 1) -> torch.Tensor:
+    """In place: with probability `prob` per sample, every channel becomes the luma."""
     if x.shape[1] == 1:
         return x
-    apply = _bernoulli(prob, x.shape[0] // frames, gen, x.device).repeat_interleave(frames).view(-1, 1, 1, 1)
-    return torch.where(apply, grayscale(x).expand_as(x), x)
+    apply = _bernoulli(prob, x.shape[0] // frames, gen, x.device).repeat_interleave(frames)
+    idx = torch.nonzero(apply).squeeze(1)
+    if idx.numel():
+        x[idx] = grayscale(x[idx]).expand(-1, x.shape[1], -1, -1)
+    return x
 
 
-def gaussian_blur(
+def blur_weights(sigma: torch.Tensor, size: int, radius: int) -> torch.Tensor:
+    """(m, size, size) matrices of a 1-D Gaussian blur along an axis of `size` pixels, one per
+    sigma (m,), with 2·radius + 1 taps and the border reflected (torchvision's padding)."""
+    taps = torch.arange(-radius, radius + 1, device=sigma.device)
+    kernel = torch.exp(-(taps.to(sigma.dtype) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (m, 2r+1)
+    source = torch.arange(size, device=sigma.device).view(-1, 1) + taps  # (size, 2r+1)
+    source = source.abs()  # reflect at 0 (-j -> j) and at the far end (size-1+j -> size-1-j)
+    source = torch.where(source >= size, 2 * (size - 1) - source, source)
+    w = torch.zeros(sigma.numel(), size, size, device=sigma.device, dtype=sigma.dtype)
+    return w.scatter_add_(2, source.expand(sigma.numel(), -1, -1), kernel.unsqueeze(1).expand(-1, size, -1))
+
+
+def gaussian_blur_(
     x: torch.Tensor, prob: float, sigma: tuple[float, float], gen: torch.Generator | None, frames: int = 1
 ) -> torch.Tensor:
-    """With probability `prob` per sample, a Gaussian blur with sigma ~ U(sigma) pixels and a
-    kernel of about 10% of the image side (odd), as in the official code."""
+    """In place: with probability `prob` per sample, a Gaussian blur with sigma ~ U(sigma)
+    pixels and a kernel of about 10% of the image side (odd), as in the official code.
+    Separable, as a matrix per axis: two batched matrix products (on the CPU faster than
+    a grouped convolution with one filter per sample and channel)."""
     b, c, height, width = x.shape
     dev = x.device
     apply = _bernoulli(prob, b // frames, gen, dev).repeat_interleave(frames)
     s = _uniform(sigma[0], sigma[1], (b // frames,), gen, dev).repeat_interleave(frames)
     idx = torch.nonzero(apply).squeeze(1)
-    radius = max(1, height // 20)
     if idx.numel() == 0:
         return x
-    k = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
-    kernel = torch.exp(-(k**2) / (2 * s[idx].to(x.dtype).view(-1, 1) ** 2))
-    kernel = kernel / kernel.sum(1, keepdim=True)  # (m, 2r+1)
-    kernel = kernel.repeat_interleave(c, 0)  # one filter per (sample, channel)
-    m = idx.numel()
-    y = x[idx].reshape(1, m * c, height, width)
-    y = F.pad(y, (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, kernel.view(m * c, 1, 1, -1), groups=m * c)  # horizontal pass
-    y = F.conv2d(y, kernel.view(m * c, 1, -1, 1), groups=m * c)  # vertical pass
-    out = x.clone()
-    out[idx] = y.view(m, c, height, width)
-    return out
+    radius = max(1, height // 20)
+    s = s[idx].to(x.dtype)
+    blurred = resample(x[idx], blur_weights(s, height, radius), blur_weights(s, width, radius))
+    x[idx] = blurred.clamp_(0, 1)  # the float32 kernel sums to 1 only within rounding
+    return x
 
 
 @dataclass(frozen=True)
@@ -277,20 +377,17 @@ class ImageAugment:
         gets the same crop, flip, colour changes and blur (one draw per clip)."""
         if x.shape[0] % frames:
             raise ValueError(f"{x.shape[0]} rows are not whole clips of {frames} frames")
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         x = random_resized_crop_flip(
             x, self.size, (self.min_scale, self.max_scale), (self.min_ratio, self.max_ratio),
             self.flip_prob, gen, frames=frames,
         )
-        x = x.clamp_(0, 1)  # bilinear resampling stays in range; this guards rounding
         if self.color_jitter_prob > 0 and self.color_jitter_strength > 0:
             x = color_jitter(x, self.color_jitter_strength, self.color_jitter_prob, gen, frames,
                              jitter_kernels(self.compiled))
         if self.grayscale_prob > 0:
-            x = random_grayscale(x, self.grayscale_prob, gen, frames)
+            x = random_grayscale_(x, self.grayscale_prob, gen, frames)
         if self.blur_prob > 0:
-            x = gaussian_blur(x, self.blur_prob, (self.blur_sigma_min, self.blur_sigma_max), gen, frames)
-            x = x.clamp_(0, 1)  # the float32 kernel sums to 1 only within rounding
+            x = gaussian_blur_(x, self.blur_prob, (self.blur_sigma_min, self.blur_sigma_max), gen, frames)
         return x
 
 

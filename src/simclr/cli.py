@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simclr.errors import UserError
+from simclr.host_memory import reuse_host_memory
 
 if TYPE_CHECKING:
     from simclr.config import Config
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     # Under torchrun only rank 0 reports progress; the others speak only of problems.
     quiet = os.environ.get("RANK", "0") != "0"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    reuse_host_memory()  # before the first large tensor
     try:
         args = parse(argv)
         COMMANDS[args.command](args)
