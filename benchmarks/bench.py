@@ -349,6 +349,26 @@ def case_e2e_ours(p: dict[str, Any]) -> dict[str, Any]:
             "child_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
+def case_e2e_ceiling(p: dict[str, Any]) -> dict[str, Any]:
+    """The ceiling of any loop with this model: `simclr train`'s step (same model, batch, LARS,
+    loss, channels_last, threads) on two fixed batches of views, with no data or augmentation."""
+    from simclr.config import Config
+    from simclr.model import build_model
+    from simclr.optim import build_optimizer
+    from simclr.train import train_step
+
+    torch.manual_seed(0)
+    layout = torch.channels_last if Config().channels_last else torch.contiguous_format
+    model = build_model(p["encoder"], 3, 32).to(memory_format=layout)  # type: ignore[call-overload]
+    optimizer = build_optimizer(model, "lars", 0.3 * p["batch"] / 256, 1e-6)
+    x1, x2 = (torch.rand(p["batch"], 3, 32, 32).contiguous(memory_format=layout) for _ in range(2))
+    train_step(model, optimizer, x1, x2, TEMPERATURE)  # warm-up
+    start = time.perf_counter()
+    for _ in range(p["steps"]):
+        train_step(model, optimizer, x1, x2, TEMPERATURE)
+    return {"images_per_s": p["steps"] * p["batch"] / (time.perf_counter() - start)}
+
+
 class _ZipImages(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """JPEG files of a zip, decoded per item with Pillow: how a lightly user reads them."""
 
@@ -410,12 +430,16 @@ def case_e2e_lightly(p: dict[str, Any]) -> dict[str, Any]:
 CASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "aug_ours": case_aug_ours, "aug_torchvision": case_aug_torchvision, "aug_lightly": case_aug_lightly,
     "loss": case_loss, "step": case_step, "model": case_model,
-    "e2e_ours": case_e2e_ours, "e2e_lightly": case_e2e_lightly,
+    "e2e_ours": case_e2e_ours, "e2e_lightly": case_e2e_lightly, "e2e_ceiling": case_e2e_ceiling,
 }
 
 
 def worker_main(spec: str) -> int:
     p = json.loads(spec)
+    if p.get("host_memory"):  # what `simclr train` does first (`simclr train` runs do it themselves)
+        from simclr.host_memory import reuse_host_memory
+
+        reuse_host_memory()
     out = CASES[p["case"]](p)
     out["max_rss_mib"] = max_rss_bytes() / MIB
     print("RESULT " + json.dumps(out), flush=True)
@@ -544,18 +568,17 @@ def bench_augment(runner: Runner, inputs: dict[str, str], quick: bool) -> dict[s
         # roughly equal seconds per contender: per-image pipelines are ~10x slower
         fast, slow = (6144, 1024) if size == 32 else (1024, 256)
         base = {"size": size, "images": images, "batch": 256 if size == 32 else 128}
+        ours = {**base, "case": "aug_ours", "host_memory": True}
         contenders: dict[str, tuple[str, dict[str, Any]]] = {
-            "ours_1thread": ("main", {**base, "case": "aug_ours", "threads": 1, "images_to_process": fast}),
+            "ours_1thread": ("main", {**ours, "threads": 1, "images_to_process": fast}),
             # compile=true: the colour jitter's pointwise work fused by torch.compile
-            "ours_compiled_1thread": ("main", {**base, "case": "aug_ours", "threads": 1, "compiled": True,
-                                               "images_to_process": fast}),
+            "ours_compiled_1thread": ("main", {**ours, "threads": 1, "compiled": True, "images_to_process": fast}),
             "torchvision_1worker": ("main", {**base, "case": "aug_torchvision", "workers": 1,
                                              "images_to_process": slow}),
             "lightly_1worker": ("lightly", {**base, "case": "aug_lightly", "workers": 1, "images_to_process": slow}),
         }
         if not quick:
-            contenders["ours_2threads"] = ("main", {**base, "case": "aug_ours", "threads": 2,
-                                                     "images_to_process": fast})
+            contenders["ours_2threads"] = ("main", {**ours, "threads": 2, "images_to_process": fast})
             contenders["torchvision_2workers"] = ("main", {**base, "case": "aug_torchvision", "workers": 2,
                                                            "images_to_process": 2 * slow})
             contenders["lightly_2workers"] = ("lightly", {**base, "case": "aug_lightly", "workers": 2,
@@ -647,10 +670,16 @@ def bench_e2e(runner: Runner, inputs: dict[str, str], work: Path, quick: bool) -
         common = {"encoder": encoder, "batch": batch, "zip": zip_path, "workdir": str(work)}
         contenders = {
             "ours": ("main", {"case": "e2e_ours", **common}),
+            # the model's step alone: no loop with this model can go faster
+            "ceiling": ("main", {"case": "e2e_ceiling", **common, "host_memory": True,
+                                 "steps": 6 if encoder == "small_cnn" else 2}),
             "lightly": ("lightly", {"case": "e2e_lightly", **common, "workers": 2}),
         }
         if not quick:  # compile=true: the network and the colour jitter fused by torch.compile
             contenders["ours_compiled"] = ("main", {"case": "e2e_ours", **common, "overrides": ["compile=true"]})
+            # lightly's loop with the host memory settings `simclr train` makes: how much they alone give
+            contenders["lightly_host_memory"] = ("lightly", {"case": "e2e_lightly", **common, "workers": 2,
+                                                              "host_memory": True})
         rows = runner.alternate(contenders, 1 if encoder == "resnet18" or quick else 2)
         results[encoder] = {
             name: {"images_per_s": med(r, "images_per_s"),
@@ -736,6 +765,14 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             rc = ratio(compiled, peer)
             row(f"end-to-end {encoder}: ours compile=true vs lightly loop", compiled, peer, "img/s",
                 f">= {need:g}x", rc, None if rc is None else rc >= need)
+        ceiling = get(entry, "ceiling", "images_per_s")
+        if ceiling is not None:  # not a target: what the model alone allows, against the same peer
+            row(f"end-to-end {encoder}: model step alone (the ceiling) vs lightly loop", ceiling, peer, "img/s",
+                "", ratio(ceiling, peer), None)
+        tuned = get(entry, "lightly_host_memory", "images_per_s")
+        if tuned is not None:  # not a target: how much of the gap the memory settings alone close
+            row(f"end-to-end {encoder}: ours vs lightly loop with our host memory settings", ours, tuned, "img/s",
+                "", ratio(ours, tuned), None)
         rm = ratio(get(entry, "ours", "peak_pss_mib"), get(entry, "lightly", "peak_pss_mib"))
         row(f"end-to-end {encoder} peak memory (PSS, all processes)", get(entry, "ours", "peak_pss_mib"),
             get(entry, "lightly", "peak_pss_mib"), "MiB", "", rm, None)

@@ -13,7 +13,7 @@ import pytest
 # Allocate, touch and free a 28 MB tensor (two 96 px views of 128 images) five times; report the
 # page faults of the last four.
 PROBE = """
-import json, resource, sys
+import json, os, resource, sys
 from simclr.host_memory import reuse_host_memory
 took = reuse_host_memory() if sys.argv[1] == "reuse" else None
 import torch
@@ -23,7 +23,7 @@ x = torch.empty(256, 3, 96, 96).fill_(1.0); del x
 before = faults()
 for _ in range(4):
     x = torch.empty(256, 3, 96, 96).fill_(1.0); del x
-print(json.dumps({"faults": faults() - before, "took": took, "thp": __import__("os").environ.get("THP_MEM_ALLOC_ENABLE")}))
+print(json.dumps({"faults": faults() - before, "took": took, "thp": os.environ.get("THP_MEM_ALLOC_ENABLE")}))
 """
 
 

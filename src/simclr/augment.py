@@ -1,9 +1,10 @@
 """The SimCLR image augmentation (paper section 3 and appendix A), batched on the device.
 
 Every sample, and each of its two views, draws its own parameters; applying one set of
-random parameters to a whole batch would be a different, weaker method. All work is tensor
-ops over the batch (one grid_sample for crop+flip+resize, masked per-sample colour ops, a
-grouped convolution for blur), so it runs where the model runs, CPU or CUDA.
+random parameters to a whole batch would be a different, weaker method. The work is tensor
+ops over the batch, so it runs where the model runs, CPU or CUDA: crop + flip + resize as two
+batched matrix products (or, for large images on the CPU, one fast uint8 resize per sample),
+the colour jitter as masked per-sample passes, the blur as two matrix products.
 """
 
 from __future__ import annotations
@@ -335,7 +336,7 @@ def gaussian_blur_(
     pixels and a kernel of about 10% of the image side (odd), as in the official code.
     Separable, as a matrix per axis: two batched matrix products (on the CPU faster than
     a grouped convolution with one filter per sample and channel)."""
-    b, c, height, width = x.shape
+    b, _, height, width = x.shape
     dev = x.device
     apply = _bernoulli(prob, b // frames, gen, dev).repeat_interleave(frames)
     s = _uniform(sigma[0], sigma[1], (b // frames,), gen, dev).repeat_interleave(frames)
