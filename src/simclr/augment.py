@@ -165,7 +165,7 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     d = v - torch.minimum(torch.minimum(r, g), b)
     safe = torch.where(d > 0, d, 1.0)  # grey pixels: d = 0, the hue is irrelevant
     h6 = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h6 = h6 + (6 * shift.view(-1, 1, 1) + 12)  # h6 ≥ -1 and |shift| ≤ 0.5 turn: now positive
+    h6 = h6 + (6 * shift.view(-1, 1, 1) + 12)  # h6 ≥ -1: positive for shifts above -11/6 turns
     channels = []
     for n in (5.0, 3.0, 1.0):
         k = h6 + n
@@ -192,7 +192,7 @@ def _stage(
     """One jitter stage of an RGB batch: the hue rotation for the samples whose turn it is
     (`hue`, (B,) bool), the affine op for the others. Compiled, this is one pass over memory,
     which costs less than computing the hue only for the few that need it (their rows gathered
-    out and put back: at 96 px, 12 ms a stage against 23)."""
+    out and put back: at 96 px, 12 ms a stage against 19)."""
     return torch.where(hue.view(-1, 1, 1, 1), _hue(x, shift).clamp(0, 1), _affine(x, a, k_gray, k_mean))
 
 

@@ -4,8 +4,8 @@ parameters (as SimCLR's image recipe does; Chen et al. 2020, section 3).
 The operations are the standard ones of the time-series augmentation literature (Um et al.
 2017, "Data augmentation of wearable sensor data"; Iwana & Uchida 2021, a survey): a random
 window cropped and stretched back to length T, time warping, magnitude warping, per-channel
-scaling, jitter and masking. Crop and time warp are one resampling of the series (like the
-image recipe's single grid_sample for crop + flip + resize). Noise and masking are relative to
+scaling, jitter and masking. Crop and time warp are one resampling of the series (as the
+image recipe's crop, flip and resize are one resampling of the image). Noise and masking are relative to
 each series' own per-channel statistics, so the defaults work whatever the units of the data.
 """
 
