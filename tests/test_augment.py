@@ -402,3 +402,16 @@ def test_blur_equals_torchvision_gaussian_blur_per_sample(h: int, w: int) -> Non
     for i in range(3):
         expected = TF.gaussian_blur(x[i], [2 * radius + 1] * 2, [sigma[i].item()] * 2)
         torch.testing.assert_close(out[i], expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("size", [16, 72])  # both crop paths on the CPU: batched products, per-sample resizes
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_the_input_batch_is_left_as_it_is(size: int, dtype: torch.dtype) -> None:
+    # Grayscale and blur write into the views in place: never into the caller's images.
+    x = uint8_images(8, 3, size, size)
+    x = x if dtype == torch.uint8 else x.float() / 255
+    before = x.clone()
+    a = ImageAugment(size=size, grayscale_prob=1.0, blur_prob=1.0, color_jitter_prob=1.0)
+    assert 16**3 <= aug.PER_SAMPLE_ABOVE < 72**3  # h·w·size of the two cases
+    two_views(a, x, gen())
+    assert torch.equal(x, before)
