@@ -281,13 +281,14 @@ def apply_jitter(x: torch.Tensor, p: JitterParams, kernels: JitterKernels = EAGE
         k_gray = torch.where(op == 2, 1 - f[:, 2], zeros)
         k_mean = torch.where(op == 1, 1 - f[:, 1], zeros)
         if kernels.stage is not None and n_ops == 4:
-            x, owned = kernels.stage(x, a, k_gray, k_mean, f[:, 3], op == 3), True
+            x = kernels.stage(x, a, k_gray, k_mean, f[:, 3], op == 3)  # a new tensor: never in place
             continue
         if affine.any():
             x, owned = kernels.affine(x, a, k_gray, k_mean), True
         hue = torch.nonzero(op == 3).squeeze(1)
         if hue.numel():
-            x, owned = (x, True) if owned else (x.clone(), True)
+            if not owned:
+                x, owned = x.clone(), True
             x[hue] = kernels.hue(x[hue], f[hue, 3]).clamp_(0, 1)
     return x
 
