@@ -353,14 +353,11 @@ def case_e2e_ceiling(p: dict[str, Any]) -> dict[str, Any]:
     """The ceiling of any loop with this model: `simclr train`'s step (same model, batch, LARS,
     loss, channels_last, threads) on two fixed batches of views, with no data or augmentation."""
     from simclr.config import Config
-    from simclr.model import build_model
-    from simclr.optim import build_optimizer
     from simclr.train import train_step
 
-    torch.manual_seed(0)
+    model, optimizer, _, _ = step_setup({**p, "channels": 3, "size": 32})
     layout = torch.channels_last if Config().channels_last else torch.contiguous_format
-    model = build_model(p["encoder"], 3, 32).to(memory_format=layout)  # type: ignore[call-overload]
-    optimizer = build_optimizer(model, "lars", 0.3 * p["batch"] / 256, 1e-6)
+    model = model.to(memory_format=layout)
     x1, x2 = (torch.rand(p["batch"], 3, 32, 32).contiguous(memory_format=layout) for _ in range(2))
     train_step(model, optimizer, x1, x2, TEMPERATURE)  # warm-up
     start = time.perf_counter()

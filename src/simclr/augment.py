@@ -35,6 +35,12 @@ def _bernoulli(p: float, n: int, gen: torch.Generator | None, device: torch.devi
     return torch.rand(n, generator=gen, device=device) < p
 
 
+def _chosen_rows(prob: float, b: int, frames: int, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Indices of the rows an op applies to: each clip of `frames` rows (a sample when 1) is
+    chosen with probability `prob`, all its rows with it."""
+    return torch.nonzero(_bernoulli(prob, b // frames, gen, device).repeat_interleave(frames)).squeeze(1)
+
+
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) luma; 1-channel input is returned as is."""
     if x.shape[1] == 1:
@@ -310,8 +316,7 @@ def random_grayscale_(x: torch.Tensor, prob: float, gen: torch.Generator | None,
     """In place: with probability `prob` per sample, every channel becomes the luma."""
     if x.shape[1] == 1:
         return x
-    apply = _bernoulli(prob, x.shape[0] // frames, gen, x.device).repeat_interleave(frames)
-    idx = torch.nonzero(apply).squeeze(1)
+    idx = _chosen_rows(prob, x.shape[0], frames, gen, x.device)
     if idx.numel():
         x[idx] = grayscale(x[idx]).expand(-1, x.shape[1], -1, -1)
     return x
@@ -338,15 +343,15 @@ def gaussian_blur_(
     Separable, as a matrix per axis: two batched matrix products (on the CPU faster than
     a grouped convolution with one filter per sample and channel)."""
     b, _, height, width = x.shape
-    dev = x.device
-    apply = _bernoulli(prob, b // frames, gen, dev).repeat_interleave(frames)
-    s = _uniform(sigma[0], sigma[1], (b // frames,), gen, dev).repeat_interleave(frames)
-    idx = torch.nonzero(apply).squeeze(1)
+    idx = _chosen_rows(prob, b, frames, gen, x.device)
+    s = _uniform(sigma[0], sigma[1], (b // frames,), gen, x.device).repeat_interleave(frames)
     if idx.numel() == 0:
         return x
     radius = max(1, height // 20)
     s = s[idx].to(x.dtype)
-    blurred = resample(x[idx], blur_weights(s, height, radius), blur_weights(s, width, radius))
+    rows = blur_weights(s, height, radius)
+    cols = rows if width == height else blur_weights(s, width, radius)  # square images: one matrix
+    blurred = resample(x[idx], rows, cols)
     x[idx] = blurred.clamp_(0, 1)  # the float32 kernel sums to 1 only within rounding
     return x
 
