@@ -232,7 +232,7 @@ def test_color_jitter_equals_torchvision_ops_per_sample_in_each_samples_order(ch
     b = 48
     x = torch.rand(b, channels, 10, 10, generator=gen(3))
     p = aug.draw_jitter(b, 1.0, 0.8, gen(4), x.device)
-    out = aug.apply_jitter(x, p, aug.jitter_kernels(compiled))
+    out = aug.apply_jitter(x, p, aug.augment_kernels(compiled))
     n_ops = 4 if channels == 3 else 2
     for i in range(b):
         expected = x[i]
@@ -393,15 +393,33 @@ def test_a_failing_compile_falls_back_to_the_eager_kernels(
     assert len(warnings) == 1 and expected in warnings[0]
 
 
+@pytest.mark.parametrize("form", ["matrices", "shifted", "shifted_compiled"])
 @pytest.mark.parametrize(("h", "w"), [(40, 40), (24, 36)])
-def test_blur_equals_torchvision_gaussian_blur_per_sample(h: int, w: int) -> None:
+def test_blur_equals_torchvision_gaussian_blur_per_sample(h: int, w: int, form: str) -> None:
+    """Both forms of the blur (eager: a matrix per axis; compile=true: sums of shifted copies of
+    the reflect-padded image) against torchvision's convolution, one sample at a time."""
     x = torch.rand(3, 3, h, w, generator=gen(16))
     sigma = torch.tensor([0.3, 1.0, 2.0])
     radius = h // 20
-    out = aug.resample(x, aug.blur_weights(sigma, h, radius), aug.blur_weights(sigma, w, radius))
+    if form == "matrices":
+        out = aug.resample(x, aug.blur_weights(sigma, h, radius), aug.blur_weights(sigma, w, radius))
+    else:
+        blur = aug.augment_kernels(True).blur if form == "shifted_compiled" else aug._blur_shifted
+        assert blur is not None
+        out = blur(F.pad(x, (radius,) * 4, mode="reflect"), aug.gaussian_taps(sigma, radius))
     for i in range(3):
         expected = TF.gaussian_blur(x[i], [2 * radius + 1] * 2, [sigma[i].item()] * 2)
         torch.testing.assert_close(out[i], expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_compiled_augmentation_equals_eager(frames: int) -> None:
+    """compile=true changes how the pixels are computed (fused jitter stages, the blur as shifted
+    sums), not what is drawn: the same seed gives the same views within float rounding."""
+    x = uint8_images(8, 3, 40, 40)
+    eager = ImageAugment(size=40, blur_prob=0.75)
+    compiled = ImageAugment(size=40, blur_prob=0.75, compiled=True)
+    torch.testing.assert_close(compiled(x, gen(21), frames), eager(x, gen(21), frames), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("size", [16, 72])  # both crop paths on the CPU: batched products, per-sample resizes
