@@ -219,13 +219,14 @@ _fused: Kernels | None = None
 
 class Fused:
     """`fn` through torch.compile, or `fn` itself from the first failure on (no C++ compiler,
-    say), with a warning. `dynamic`: torch.compile's (True: every size symbolic from the start,
-    as the hue's row count changes each stage; None: sizes that change get symbolic at the
-    first recompile, the others stay fixed and give faster loops)."""
+    say), with a warning. torch.compile's automatic dynamic shapes: the first call compiles for
+    its sizes, and a size that changes later (the batch's last step, the blur's row count) is
+    made symbolic at one recompile while the image sides stay fixed (5 % faster loops at 96 px
+    than all sizes symbolic)."""
 
-    def __init__(self, fn: Callable[..., torch.Tensor], dynamic: bool | None = True) -> None:
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
         self.fn = fn
-        self.fused: Callable[..., torch.Tensor] | None = torch.compile(fn, dynamic=dynamic)
+        self.fused: Callable[..., torch.Tensor] | None = torch.compile(fn)
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         if self.fused is not None:
@@ -243,7 +244,7 @@ def augment_kernels(compiled: bool) -> Kernels:
     if not compiled:
         return EAGER
     if _fused is None:
-        _fused = Kernels(Fused(_hue), Fused(_affine), Fused(_stage), Fused(_blur_shifted, dynamic=None))
+        _fused = Kernels(Fused(_hue), Fused(_affine), Fused(_stage), Fused(_blur_shifted))
     return _fused
 
 
