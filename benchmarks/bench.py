@@ -559,7 +559,7 @@ def prepare_inputs(work: Path, quick: bool) -> dict[str, str]:
 
 def bench_augment(runner: Runner, inputs: dict[str, str], quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    reps = 1 if quick else 2
+    reps = 1 if quick else 3  # medians of three rounds: single runs move by 10-30 % on a shared machine
     for size in (32, 96):
         images = inputs[f"img{size}"]
         # roughly equal seconds per contender: per-image pipelines are ~10x slower
