@@ -412,14 +412,19 @@ def test_blur_equals_torchvision_gaussian_blur_per_sample(h: int, w: int, form: 
         torch.testing.assert_close(out[i], expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("size", [40, 72])  # both crop paths: batched products; per sample, uint8 into the stage
 @pytest.mark.parametrize("frames", [1, 2])
-def test_compiled_augmentation_equals_eager(frames: int) -> None:
-    """compile=true changes how the pixels are computed (fused jitter stages, the blur as shifted
-    sums), not what is drawn: the same seed gives the same views within float rounding."""
-    x = uint8_images(8, 3, 40, 40)
-    eager = ImageAugment(size=40, blur_prob=0.75)
-    compiled = ImageAugment(size=40, blur_prob=0.75, compiled=True)
-    torch.testing.assert_close(compiled(x, gen(21), frames), eager(x, gen(21), frames), atol=1e-5, rtol=0)
+def test_compiled_augmentation_equals_eager(frames: int, size: int) -> None:
+    """compile=true changes how the pixels are computed (fused jitter stages, the uint8 crops
+    converted inside the first, the blur as shifted sums), not what is drawn: the same seed
+    gives the same views within float rounding."""
+    assert 40**3 <= aug.PER_SAMPLE_ABOVE < 72**3
+    x = uint8_images(8, 3, size, size)
+    eager = ImageAugment(size=size, blur_prob=0.75)
+    compiled = ImageAugment(size=size, blur_prob=0.75, compiled=True)
+    out = compiled(x, gen(21), frames)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, eager(x, gen(21), frames), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("size", [16, 72])  # both crop paths on the CPU: batched products, per-sample resizes

@@ -109,18 +109,22 @@ def draw_boxes(
     return Boxes(top, left, h, w, _bernoulli(flip_prob, b, gen, device))
 
 
-def crop_resize_each(x: torch.Tensor, boxes: Boxes, size: int, frames: int = 1) -> torch.Tensor:
+def crop_resize_each(
+    x: torch.Tensor, boxes: Boxes, size: int, frames: int = 1, to_float: bool = True
+) -> torch.Tensor:
     """Each box cropped and resized by its own F.interpolate(antialias=True) call (for uint8,
     PyTorch's fixed-point kernel: the fastest resize there is on the CPU, rounding to uint8
-    as torchvision does); float in [0, 1] out."""
+    as torchvision does); float in [0, 1] out, or uint8 as it is with `to_float=False`."""
     out = x.new_empty(x.shape[0], x.shape[1], size, size)
     for i, (top, left, h, w, flip) in enumerate(zip(*(t.tolist() for t in boxes), strict=True)):
         clip = slice(i * frames, (i + 1) * frames)
         y = F.interpolate(x[clip, :, top : top + h, left : left + w], size=(size, size), mode="bilinear",
                           align_corners=False, antialias=True)
         out[clip] = y.flip(-1) if flip else y
+    if x.dtype != torch.uint8:
+        return out.clamp_(0, 1)
     # One conversion of the whole batch: 2x faster than converting each small view.
-    return out.float().mul_(1 / 255) if x.dtype == torch.uint8 else out.clamp_(0, 1)
+    return out.float().mul_(1 / 255) if to_float else out
 
 
 def crop_resize_batched(x: torch.Tensor, boxes: Boxes, size: int, frames: int = 1) -> torch.Tensor:
@@ -146,16 +150,18 @@ PER_SAMPLE_ABOVE = 64**3
 
 def random_resized_crop_flip(
     x: torch.Tensor, size: int, scale: tuple[float, float], ratio: tuple[float, float],
-    flip_prob: float, gen: torch.Generator | None, attempts: int = 10, frames: int = 1,
+    flip_prob: float, gen: torch.Generator | None, attempts: int = 10, frames: int = 1, to_float: bool = True,
 ) -> torch.Tensor:
     """Crop a random box (`draw_boxes`), flip it horizontally with `flip_prob`, resize it to
     size×size as torchvision does (bilinear, antialiased when shrinking): (B, C, H, W) uint8
     or float in [0, 1] -> (B, C, size, size) float in [0, 1]. With `frames` > 1, each run of
-    that many consecutive rows (the frames of one clip) shares a box and a flip."""
+    that many consecutive rows (the frames of one clip) shares a box and a flip. With
+    `to_float=False` the per-sample path leaves uint8 as uint8, for a caller whose next pass
+    converts."""
     _, _, height, width = x.shape
     boxes = draw_boxes(x.shape[0] // frames, height, width, scale, ratio, flip_prob, gen, x.device, attempts)
     if x.device.type == "cpu" and height * width * size > PER_SAMPLE_ABOVE:
-        return crop_resize_each(x, boxes, size, frames)
+        return crop_resize_each(x, boxes, size, frames, to_float)
     return crop_resize_batched(x, boxes, size, frames)
 
 
@@ -207,7 +213,10 @@ def _stage(
     loop per sample (the grey mean, then the three channels written from one pass), which
     costs less than computing the hue only for the few that need it (their rows gathered out
     and put back), and per channel plane so that the hue is never stored whole (10-15 % faster
-    than where() over `_hue` and `_affine`'s (B, 3, H, W) results)."""
+    than where() over `_hue` and `_affine`'s (B, 3, H, W) results). A uint8 batch (the crop's)
+    is converted in the same loop, saving a pass over memory."""
+    if x.dtype == torch.uint8:
+        x = x.float() * (1 / 255)
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     gray = r * LUMA[0] + g * LUMA[1] + b * LUMA[2]
     mean = gray.mean(dim=(1, 2), keepdim=True)
@@ -296,10 +305,14 @@ def apply_jitter(x: torch.Tensor, p: JitterParams, kernels: Kernels = EAGER) -> 
     code does). Brightness, contrast and saturation are all x ← a·x + b·gray(x) + c·mean(gray(x))
     with per-sample (a, b, c), so each of the four stages is one pass over the whole batch (the
     samples doing something else at that stage get (1, 0, 0), which leaves them exactly as they
-    are); the hue op runs on the samples whose turn it is. x itself is left as it is."""
-    f = p.factors.to(x.dtype)
-    ones, zeros = torch.ones_like(f[:, 0]), torch.zeros_like(f[:, 0])
+    are); the hue op runs on the samples whose turn it is. x itself is left as it is. uint8 x
+    (the crop's, under `compile=true`) comes back as float in [0, 1]."""
     n_ops = 4 if x.shape[1] == 3 else 2  # saturation and hue do nothing to a single channel
+    fused = kernels.stage is not None and n_ops == 4
+    if x.dtype == torch.uint8 and not fused:  # the fused stage converts as it reads
+        x = x.float().mul_(1 / 255)
+    f = p.factors.to(torch.float32 if x.dtype == torch.uint8 else x.dtype)
+    ones, zeros = torch.ones_like(f[:, 0]), torch.zeros_like(f[:, 0])
     owned = False  # whether x is a tensor of our own yet, to write into
     for stage in range(4):
         op = torch.where(p.apply & (p.order[:, stage] < n_ops), p.order[:, stage], -1)  # -1: nothing
@@ -307,7 +320,7 @@ def apply_jitter(x: torch.Tensor, p: JitterParams, kernels: Kernels = EAGER) -> 
         a = torch.where(affine, f.gather(1, op.clamp(0, 2).view(-1, 1)).squeeze(1), ones)
         k_gray = torch.where(op == 2, 1 - f[:, 2], zeros)
         k_mean = torch.where(op == 1, 1 - f[:, 1], zeros)
-        if kernels.stage is not None and n_ops == 4:
+        if kernels.stage is not None and fused:
             x = kernels.stage(x, a, k_gray, k_mean, f[:, 3], op == 3)  # a new tensor: never in place
             continue
         if affine.any():
@@ -435,11 +448,13 @@ class ImageAugment:
         gets the same crop, flip, colour changes and blur (one draw per clip)."""
         if x.shape[0] % frames:
             raise ValueError(f"{x.shape[0]} rows are not whole clips of {frames} frames")
+        jitter = self.color_jitter_prob > 0 and self.color_jitter_strength > 0
         x = random_resized_crop_flip(
             x, self.size, (self.min_scale, self.max_scale), (self.min_ratio, self.max_ratio),
             self.flip_prob, gen, frames=frames,
+            to_float=not (jitter and self.compiled and x.shape[1] == 3),  # the fused stage converts
         )
-        if self.color_jitter_prob > 0 and self.color_jitter_strength > 0:
+        if jitter:
             x = color_jitter(x, self.color_jitter_strength, self.color_jitter_prob, gen, frames,
                              augment_kernels(self.compiled))
         if self.grayscale_prob > 0:
