@@ -308,8 +308,8 @@ def apply_jitter(x: torch.Tensor, p: JitterParams, kernels: Kernels = EAGER) -> 
     are); the hue op runs on the samples whose turn it is. x itself is left as it is. uint8 x
     (the crop's, under `compile=true`) comes back as float in [0, 1]."""
     n_ops = 4 if x.shape[1] == 3 else 2  # saturation and hue do nothing to a single channel
-    fused = kernels.stage is not None and n_ops == 4
-    if x.dtype == torch.uint8 and not fused:  # the fused stage converts as it reads
+    fused = kernels.stage if n_ops == 4 else None  # a whole RGB stage in one kernel (compile=true)
+    if x.dtype == torch.uint8 and fused is None:  # the fused stage converts as it reads
         x = x.float().mul_(1 / 255)
     f = p.factors.to(torch.float32 if x.dtype == torch.uint8 else x.dtype)
     ones, zeros = torch.ones_like(f[:, 0]), torch.zeros_like(f[:, 0])
@@ -320,8 +320,8 @@ def apply_jitter(x: torch.Tensor, p: JitterParams, kernels: Kernels = EAGER) -> 
         a = torch.where(affine, f.gather(1, op.clamp(0, 2).view(-1, 1)).squeeze(1), ones)
         k_gray = torch.where(op == 2, 1 - f[:, 2], zeros)
         k_mean = torch.where(op == 1, 1 - f[:, 1], zeros)
-        if kernels.stage is not None and fused:
-            x = kernels.stage(x, a, k_gray, k_mean, f[:, 3], op == 3)  # a new tensor: never in place
+        if fused is not None:
+            x = fused(x, a, k_gray, k_mean, f[:, 3], op == 3)  # a new tensor: never in place
             continue
         if affine.any():
             x, owned = kernels.affine(x, a, k_gray, k_mean), True
