@@ -214,7 +214,7 @@ class Config:
     # bf16 on CUDA, where it is ~2x faster (benchmarks/gpu.sh); float32 on the CPU, where
     # oneDNN's bf16 convolutions were slower on this project's machines (`make bench`).
     precision: str = "auto"  # auto, bf16, fp32
-    compile: bool = False  # torch.compile the network the loop calls and the colour jitter (a one-off compile first)
+    compile: bool = False  # torch.compile the network, the colour jitter and the blur (a one-off compile first)
     sync_batchnorm: bool = True  # with several processes: BN statistics over the global batch
     dist_timeout_s: float = 1800.0  # collectives fail after this instead of hanging
 
