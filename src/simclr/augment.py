@@ -306,7 +306,7 @@ def apply_jitter(x: torch.Tensor, p: JitterParams, kernels: Kernels = EAGER) -> 
     with per-sample (a, b, c), so each of the four stages is one pass over the whole batch (the
     samples doing something else at that stage get (1, 0, 0), which leaves them exactly as they
     are); the hue op runs on the samples whose turn it is. x itself is left as it is. uint8 x
-    (the crop's, under `compile=true`) comes back as float in [0, 1]."""
+    (the crop's) comes back as float in [0, 1]."""
     n_ops = 4 if x.shape[1] == 3 else 2  # saturation and hue do nothing to a single channel
     fused = kernels.stage if n_ops == 4 else None  # a whole RGB stage in one kernel (compile=true)
     if x.dtype == torch.uint8 and fused is None:  # the fused stage converts as it reads
@@ -452,7 +452,7 @@ class ImageAugment:
         x = random_resized_crop_flip(
             x, self.size, (self.min_scale, self.max_scale), (self.min_ratio, self.max_ratio),
             self.flip_prob, gen, frames=frames,
-            to_float=not (jitter and self.compiled and x.shape[1] == 3),  # the fused stage converts
+            to_float=not jitter,  # apply_jitter converts uint8 (the fused stage as it reads)
         )
         if jitter:
             x = color_jitter(x, self.color_jitter_strength, self.color_jitter_prob, gen, frames,
