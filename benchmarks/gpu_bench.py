@@ -1,8 +1,9 @@
 """CUDA checks and figures, run by benchmarks/gpu.sh on an NVIDIA machine (about 5 minutes).
 
 1. CUDA against CPU: nt_xent values and gradients (float32 and bfloat16 inputs) against a
-   float64 CPU reference; augmentation output statistics on CUDA against CPU; a bf16-autocast
-   training loss against float32.
+   float64 CPU reference; augmentation output statistics on CUDA against CPU; compile=true
+   augmentation against eager on CUDA (same seed, same views); a bf16-autocast training loss
+   against float32.
 2. The table: augmentation images/s (ours on the GPU), nt_xent forward+backward time and peak
    memory against the naive version (and lightly when importable), step overhead, and
    training images/s for ResNet-18 at 32 px and ResNet-50 at 224 px in bf16.
@@ -96,6 +97,20 @@ def check_augment(device: torch.device, images: torch.Tensor) -> dict[str, Any]:
         # Different random streams: statistics agree to sampling error (~1/sqrt(views)).
         ok = all(d < 0.02 for k, d in diffs.items() if k != "grey_fraction") and diffs["grey_fraction"] < 0.03
         out[f"{size}px"] = {"cpu": cpu, "cuda": gpu, "ok": ok}
+    return out
+
+
+def check_compiled_augment(device: torch.device, images: torch.Tensor) -> dict[str, Any]:
+    """compile=true against eager on the device, same seed: the fused jitter stages and the
+    shifted-sum blur (Triton kernels on CUDA) must give the same views (1e-5 on the CPU)."""
+    out: dict[str, Any] = {}
+    for size, kwargs in ((32, {"color_jitter_strength": 0.5, "blur_prob": 0.0}), (96, {})):
+        x = images[:256] if size == 32 else torch.nn.functional.interpolate(images[:128].float(), size=96).byte()
+        x = x.to(device)
+        views = [torch.cat(two_views(ImageAugment(size, compiled=c, **kwargs), x,  # type: ignore[arg-type]
+                                     torch.Generator(device=device).manual_seed(2))) for c in (False, True)]
+        diff = float((views[0] - views[1]).abs().max())
+        out[f"{size}px"] = {"max_abs_diff": diff, "ok": diff < 1e-4}
     return out
 
 
@@ -255,6 +270,7 @@ def main() -> int:
     # Checks compare against the CPU; in --smoke mode both sides are the CPU.
     section("check_loss", lambda: check_loss(device, 64 if small else 1024))
     section("check_augment", lambda: check_augment(device, images))
+    section("check_compiled_augment", lambda: check_compiled_augment(device, images))
     section("check_autocast", lambda: check_autocast(device))
     section("augment", lambda: bench_augment(device, images, 256 if small else 4096, 2 if small else 20))
     section("loss", lambda: bench_loss(device, (256,) if small else (256, 1024, 4096, 8192), 2 if small else 10))
@@ -275,7 +291,7 @@ def main() -> int:
         return "error" not in value and (all(v["ok"] for v in value.values()) if key != "check_autocast"
                                          else bool(value["ok"]))
 
-    res["checks_ok"] = all(ok(k) for k in ("check_loss", "check_augment", "check_autocast"))
+    res["checks_ok"] = all(ok(k) for k in ("check_loss", "check_augment", "check_compiled_augment", "check_autocast"))
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 
     print(f"\nSimCLR on {res['device']} ({res['date']}), checks {'passed' if res['checks_ok'] else 'FAILED'}")
