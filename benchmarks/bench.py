@@ -507,10 +507,13 @@ class Runner:
     def alternate(
         self, contenders: dict[str, tuple[str, dict[str, Any]]], reps: int
     ) -> dict[str, list[dict[str, Any]]]:
-        """Each contender once per round, rounds repeated: side by side in time."""
+        """Each contender once per round, rounds repeated: side by side in time. Every other
+        round runs in reverse order (A B C, C B A, ...), so that a machine that speeds up or
+        slows down over a round does not favour whoever runs first."""
         out: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
-        for _ in range(reps):
-            for name, (env, params) in contenders.items():
+        for rep in range(reps):
+            order = list(contenders.items())
+            for name, (env, params) in order[::-1] if rep % 2 else order:
                 r = self.run(env, params)
                 if r is not None and "error" not in r:
                     out[name].append(r)
