@@ -329,7 +329,7 @@ def apply_jitter(x: torch.Tensor, p: JitterParams, kernels: Kernels = EAGER) -> 
         if hue.numel():
             if not owned:
                 x, owned = x.clone(), True
-            x[hue] = kernels.hue(x[hue], f[hue, 3]).clamp_(0, 1)
+            x[hue] = kernels.hue(x.index_select(0, hue), f[hue, 3]).clamp_(0, 1)
     return x
 
 
@@ -352,7 +352,7 @@ def random_grayscale_(x: torch.Tensor, prob: float, gen: torch.Generator | None,
         return x
     idx = _chosen_rows(prob, x.shape[0], frames, gen, x.device)
     if idx.numel():
-        x[idx] = grayscale(x[idx]).expand(-1, x.shape[1], -1, -1)
+        x[idx] = grayscale(x.index_select(0, idx)).expand(-1, x.shape[1], -1, -1)
     return x
 
 
@@ -410,12 +410,13 @@ def gaussian_blur_(
         return x
     radius = max(1, height // 20)
     s = s[idx].to(x.dtype)
+    chosen = x.index_select(0, idx)  # copies whole rows: on the CPU ~2x faster than x[idx]
     if kernels.blur is not None and radius < min(height, width):  # reflect needs a border that fits
-        x[idx] = kernels.blur(F.pad(x[idx], (radius,) * 4, mode="reflect"), gaussian_taps(s, radius))
+        x[idx] = kernels.blur(F.pad(chosen, (radius,) * 4, mode="reflect"), gaussian_taps(s, radius))
         return x
     rows = blur_weights(s, height, radius)
     cols = rows if width == height else blur_weights(s, width, radius)  # square images: one matrix
-    blurred = resample(x[idx], rows, cols)
+    blurred = resample(chosen, rows, cols)
     x[idx] = blurred.clamp_(0, 1)  # the float32 kernel sums to 1 only within rounding
     return x
 
