@@ -86,11 +86,17 @@ def view_stats(x: torch.Tensor) -> dict[str, float]:
             **{f"mean_c{c}": float(x[:, c].mean()) for c in range(x.shape[1])}}
 
 
+def sources(images: torch.Tensor, n: int, size: int) -> torch.Tensor:
+    """The first n 32 px images, enlarged to `size` (uint8, nearest neighbour) for the 96 px cases."""
+    x = images[:n]
+    return x if size == x.shape[-1] else torch.nn.functional.interpolate(x.float(), size=size).byte()
+
+
 def check_augment(device: torch.device, images: torch.Tensor) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for size, augment in ((32, ImageAugment(32, color_jitter_strength=0.5, blur_prob=0.0)), (96, ImageAugment(96))):
         # enough views for ~1% sampling error, few enough for the CPU side to be quick
-        x = images[:2048] if size == 32 else torch.nn.functional.interpolate(images[:512].float(), size=96).byte()
+        x = sources(images, 2048 if size == 32 else 512, size)
         cpu = view_stats(torch.cat(two_views(augment, x, torch.Generator().manual_seed(1))))
         gpu = view_stats(torch.cat(two_views(augment, x.to(device), torch.Generator(device=device).manual_seed(1))))
         diffs = {k: abs(cpu[k] - gpu[k]) for k in cpu}
@@ -105,8 +111,7 @@ def check_compiled_augment(device: torch.device, images: torch.Tensor) -> dict[s
     shifted-sum blur (Triton kernels on CUDA) must give the same views (1e-5 on the CPU)."""
     out: dict[str, Any] = {}
     for size, kwargs in ((32, {"color_jitter_strength": 0.5, "blur_prob": 0.0}), (96, {})):
-        x = images[:256] if size == 32 else torch.nn.functional.interpolate(images[:128].float(), size=96).byte()
-        x = x.to(device)
+        x = sources(images, 256 if size == 32 else 128, size).to(device)
         views = [torch.cat(two_views(ImageAugment(size, compiled=c, **kwargs), x,  # type: ignore[arg-type]
                                      torch.Generator(device=device).manual_seed(2))) for c in (False, True)]
         diff = float((views[0] - views[1]).abs().max())
@@ -137,9 +142,7 @@ def bench_augment(device: torch.device, images: torch.Tensor, batch: int, iters:
     for compiled in (False, True):  # compile=true: the colour jitter fused (Triton kernels on CUDA)
         for size, augment in ((32, ImageAugment(32, color_jitter_strength=0.5, blur_prob=0.0, compiled=compiled)),
                               (96, ImageAugment(96, compiled=compiled))):
-            x = images[:batch] if size == 32 else torch.nn.functional.interpolate(
-                images[:batch].float(), size=96).round().byte()
-            x = x.to(device)
+            x = sources(images, batch, size).to(device)  # nearest-neighbour: whole levels, no rounding needed
             gen = torch.Generator(device=device).manual_seed(0)
             seconds = timed(lambda: two_views(augment, x, gen), device, iters, warmup=4 if compiled else 2)  # noqa: B023
             out[f"{size}px{'_compiled' if compiled else ''}"] = {"images_per_s": len(x) / seconds, "batch": len(x)}
