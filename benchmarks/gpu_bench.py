@@ -107,7 +107,7 @@ def check_augment(device: torch.device, images: torch.Tensor) -> dict[str, Any]:
 
 
 def check_compiled_augment(device: torch.device, images: torch.Tensor) -> dict[str, Any]:
-    """compile=true against eager on the device, same seed: the fused jitter stages and the
+    """compile=true against eager on the device, same seed: the compiled jitter kernels and the
     shifted-sum blur (Triton kernels on CUDA) must give the same views (1e-5 on the CPU)."""
     out: dict[str, Any] = {}
     for size, kwargs in ((32, {"color_jitter_strength": 0.5, "blur_prob": 0.0}), (96, {})):
