@@ -286,9 +286,33 @@ def test_color_jitter_clips_and_keeps_range() -> None:
     assert (out - x).abs().amax(dim=(1, 2, 3)).min() > 1e-4  # every sample was changed
 
 
-def test_color_jitter_prob_zero_is_identity() -> None:
-    x = torch.rand(8, 3, 8, 8, generator=gen(10))
-    assert torch.equal(aug.color_jitter(x, 1.0, prob=0.0, gen=gen(11)), x)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_color_jitter_prob_zero_is_identity(channels: int, compiled: bool) -> None:
+    # No stage has a hue row: the stage still reads a (never taken) row from the hue's output.
+    x = torch.rand(8, channels, 8, 8, generator=gen(10))
+    out = aug.color_jitter(x, 1.0, prob=0.0, gen=gen(11), kernels=aug.augment_kernels(compiled))
+    assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("frames", [1, 2])
+def test_grayscale_in_the_jitters_last_pass_equals_the_separate_op(compiled: bool, frames: int) -> None:
+    """`color_jitter(grey_prob=p)` greys the very rows `random_grayscale_(p)` would with the
+    generator where the jitter leaves it, and nothing else: the views stay those of the paper's
+    order of ops (jitter, then grayscale) for a given seed."""
+    x = uint8_images(40, 3, 12, 12)
+    kernels = aug.augment_kernels(compiled)
+    out = aug.color_jitter(x, 1.0, 0.8, gen(30), frames, kernels, grey_prob=0.3)
+    g = gen(30)
+    expected = aug.random_grayscale_(aug.color_jitter(x, 1.0, 0.8, g, frames), 0.3, g, frames)
+    if compiled:
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    else:
+        assert torch.equal(out, expected)
+    grey = (out[:, 0] == out[:, 1]).flatten(1).all(1) & (out[:, 1] == out[:, 2]).flatten(1).all(1)
+    assert 0 < grey.sum() < len(grey)
+    assert torch.equal(grey.view(-1, frames)[:, 0], grey.view(-1, frames)[:, -1])  # a clip greys together
 
 
 def test_color_jitter_draws_every_order_and_the_whole_factor_range() -> None:
