@@ -346,7 +346,7 @@ def apply_jitter(
     n_ops = 4 if x.shape[1] == 3 else 2  # saturation and hue do nothing to a single channel
     f = p.factors.to(torch.float32 if x.dtype == torch.uint8 else x.dtype)
     ones, zeros = torch.ones_like(f[:, 0]), torch.zeros_like(f[:, 0])
-    none = torch.zeros_like(p.apply)
+    no_grey = torch.zeros_like(p.apply)
     for stage in range(4):
         op = torch.where(p.apply & (p.order[:, stage] < n_ops), p.order[:, stage], -1)  # -1: nothing
         a = torch.where((op >= 0) & (op <= 2), f.gather(1, op.clamp(0, 2).view(-1, 1)).squeeze(1), ones)
@@ -359,7 +359,7 @@ def apply_jitter(
         rows = rows if rows.numel() else rows.new_zeros(1)  # a row to read that is never taken
         hued = kernels.hue(x.index_select(0, rows), f.index_select(0, rows)[:, 3])
         hue_at = torch.where(hue, hue.cumsum(0) - 1, -1)
-        x = kernels.stage(x, a, k_gray, k_mean, hued, hue_at, grey if grey is not None and stage == 3 else none)
+        x = kernels.stage(x, a, k_gray, k_mean, hued, hue_at, grey if grey is not None and stage == 3 else no_grey)
     return x
 
 
