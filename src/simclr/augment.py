@@ -36,10 +36,15 @@ def _bernoulli(p: float, n: int, gen: torch.Generator | None, device: torch.devi
     return torch.rand(n, generator=gen, device=device) < p
 
 
-def _chosen_rows(prob: float, b: int, frames: int, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Indices of the rows an op applies to: each clip of `frames` rows (a sample when 1) is
+def _chosen(prob: float, b: int, frames: int, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """(b,) bool: the rows an op applies to; each clip of `frames` rows (a sample when 1) is
     chosen with probability `prob`, all its rows with it."""
-    return torch.nonzero(_bernoulli(prob, b // frames, gen, device).repeat_interleave(frames)).squeeze(1)
+    return _bernoulli(prob, b // frames, gen, device).repeat_interleave(frames)
+
+
+def _chosen_rows(prob: float, b: int, frames: int, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Indices of the rows `_chosen` picks."""
+    return torch.nonzero(_chosen(prob, b, frames, gen, device)).squeeze(1)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -236,6 +241,12 @@ def _stage(
     return _grey_rows_(y, torch.nonzero(grey).squeeze(1))
 
 
+def _luma(planes: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The luma of channel planes (B, H, W) as pointwise ops torch.compile fuses into its loop
+    (`grayscale` writes in place, for eager); a single plane is its own."""
+    return planes[0] if len(planes) == 1 else planes[0] * LUMA[0] + planes[1] * LUMA[1] + planes[2] * LUMA[2]
+
+
 def _stage_planes(
     x: torch.Tensor, a: torch.Tensor, k_gray: torch.Tensor, k_mean: torch.Tensor,
     hued: torch.Tensor, hue_at: torch.Tensor, grey: torch.Tensor,
@@ -246,7 +257,7 @@ def _stage_planes(
     in this loop saves writing them back into the batch (a stage 5.2-5.6 against 6.1 ms for
     128 views of 96 px), and greying here saves a pass over the chosen rows."""
     planes = _to_float(x).unbind(1)
-    gray = planes[0] if len(planes) == 1 else planes[0] * LUMA[0] + planes[1] * LUMA[1] + planes[2] * LUMA[2]
+    gray = _luma(planes)
     mean = gray.mean(dim=(1, 2), keepdim=True)
     common = k_gray.view(-1, 1, 1) * gray + k_mean.view(-1, 1, 1) * mean
     out = [(common + a.view(-1, 1, 1) * c).clamp(0, 1) for c in planes]
@@ -254,7 +265,7 @@ def _stage_planes(
     rotated = hued.index_select(0, hue_at.clamp(min=0)).unbind(1)
     out = [torch.where(take, h, c) for h, c in zip(rotated, out, strict=True)]
     if len(out) == 3:  # a grey flag costs nothing here: the loop waits on memory
-        luma = out[0] * LUMA[0] + out[1] * LUMA[1] + out[2] * LUMA[2]
+        luma = _luma(out)
         out = [torch.where(grey.view(-1, 1, 1), luma, c) for c in out]
     return torch.stack(out, 1)
 
@@ -347,6 +358,7 @@ def apply_jitter(
     f = p.factors.to(torch.float32 if x.dtype == torch.uint8 else x.dtype)
     ones, zeros = torch.ones_like(f[:, 0]), torch.zeros_like(f[:, 0])
     no_grey = torch.zeros_like(p.apply)
+    grey = no_grey if grey is None else grey
     for stage in range(4):
         op = torch.where(p.apply & (p.order[:, stage] < n_ops), p.order[:, stage], -1)  # -1: nothing
         a = torch.where((op >= 0) & (op <= 2), f.gather(1, op.clamp(0, 2).view(-1, 1)).squeeze(1), ones)
@@ -357,9 +369,9 @@ def apply_jitter(
         # Always some rows and a grey mask, never None: one compiled graph for every stage
         # (each variant would be another compile and count towards torch.compile's limit).
         rows = rows if rows.numel() else rows.new_zeros(1)  # a row to read that is never taken
-        hued = kernels.hue(x.index_select(0, rows), f.index_select(0, rows)[:, 3])
+        hued = kernels.hue(x.index_select(0, rows), f[:, 3].index_select(0, rows))
         hue_at = torch.where(hue, hue.cumsum(0) - 1, -1)
-        x = kernels.stage(x, a, k_gray, k_mean, hued, hue_at, grey if grey is not None and stage == 3 else no_grey)
+        x = kernels.stage(x, a, k_gray, k_mean, hued, hue_at, grey if stage == 3 else no_grey)
     return x
 
 
@@ -375,9 +387,7 @@ def color_jitter(
     p = draw_jitter(x.shape[0] // frames, strength, prob, gen, x.device)
     if frames > 1:
         p = JitterParams(*(t.repeat_interleave(frames, 0) for t in (p.factors, p.apply, p.order)))
-    grey = None
-    if grey_prob > 0 and x.shape[1] == 3:
-        grey = _bernoulli(grey_prob, x.shape[0] // frames, gen, x.device).repeat_interleave(frames)
+    grey = _chosen(grey_prob, x.shape[0], frames, gen, x.device) if grey_prob > 0 and x.shape[1] == 3 else None
     return apply_jitter(x, p, kernels, grey)
 
 
