@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -242,6 +243,24 @@ def test_color_jitter_equals_torchvision_ops_per_sample_in_each_samples_order(ch
                     expected = TORCHVISION_OPS[op](expected, float(p.factors[i, op]))
         torch.testing.assert_close(out[i], expected, atol=1e-4, rtol=0)
     assert not torch.equal(out, x)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_compiled_jitter_chain_equals_the_staged_jitter_in_every_order(channels: int) -> None:
+    """`compile=true` runs each sample's jitter as one chain (the ops before its hue, the hue,
+    the ops after it) with the contrast's grey mean computed first, from a short chain when the
+    contrast precedes the hue and through the hue when it follows. All 24 orders, jittered or
+    not, uint8 input as the crop gives it: the same as the eager stages per sample."""
+    orders = torch.tensor(list(itertools.permutations(range(4))))  # (24, 4)
+    b = 2 * len(orders)
+    x = uint8_images(b, channels, 12, 12, seed=5)
+    p = aug.draw_jitter(b, 1.0, 1.0, gen(40), x.device)
+    apply = torch.arange(b) % 8 != 7  # a few samples left as they are
+    p = aug.JitterParams(p.factors, apply, orders.repeat(2, 1))
+    eager = aug.apply_jitter(x, p)
+    chained = aug.apply_jitter(x, p, aug.augment_kernels(True))
+    torch.testing.assert_close(chained, eager, atol=1e-5, rtol=0)
+    assert torch.equal(chained[~apply], aug._to_float(x[~apply]))  # identity slots change nothing
 
 
 def test_grayscale_matches_torchvision_weights(torchvision_luma: None) -> None:

@@ -4,8 +4,8 @@ Every sample, and each of its two views, draws its own parameters; applying one 
 random parameters to a whole batch would be a different, weaker method. The work is tensor
 ops over the batch, so it runs where the model runs, CPU or CUDA: crop + flip + resize as two
 batched matrix products (or, for large images on the CPU, one fast uint8 resize per sample),
-the colour jitter as masked per-sample passes, the blur as two matrix products (or, under
-torch.compile, sums of shifted copies).
+the colour jitter as masked per-sample passes (under torch.compile, one chain of pointwise ops
+per sample), the blur as two matrix products (or, under torch.compile, sums of shifted copies).
 """
 
 from __future__ import annotations
@@ -247,39 +247,80 @@ def _luma(planes: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor
     return planes[0] if len(planes) == 1 else planes[0] * LUMA[0] + planes[1] * LUMA[1] + planes[2] * LUMA[2]
 
 
-def _stage_planes(
-    x: torch.Tensor, a: torch.Tensor, k_gray: torch.Tensor, k_mean: torch.Tensor,
-    hued: torch.Tensor, hue_at: torch.Tensor, grey: torch.Tensor,
+def _affine_planes(
+    planes: list[torch.Tensor], a: torch.Tensor, k_gray: torch.Tensor, k_mean: torch.Tensor, mean: torch.Tensor
+) -> list[torch.Tensor]:
+    """`_affine` on channel planes (B, H, W) given the grey mean (B, 1, 1), as pointwise ops for
+    torch.compile. Each channel is written as one weighted sum of the three, (a + k_gray·luma_c)·x_c
+    + Σ k_gray·luma_k·x_k + k_mean·mean: the same function in fewer dependent steps (the fused
+    chain below waits on each step's latency, not on memory)."""
+    t = k_mean.view(-1, 1, 1) * mean
+    if len(planes) == 1:
+        return [((a + k_gray).view(-1, 1, 1) * planes[0] + t).clamp(0, 1)]
+    w = [(k_gray * luma).view(-1, 1, 1) for luma in LUMA]
+    out = []
+    for c in range(3):
+        terms = [w[k] * planes[k] for k in range(3)]
+        terms[c] = (w[c] + a.view(-1, 1, 1)) * planes[c]
+        out.append(((terms[0] + terms[1]) + (terms[2] + t)).clamp(0, 1))
+    return out
+
+
+def _chain(
+    x: torch.Tensor, pre: torch.Tensor, hue_on: torch.Tensor | None, shift: torch.Tensor | None,
+    post: torch.Tensor, mean: torch.Tensor,
+) -> list[torch.Tensor]:
+    """A sample's whole jitter as one chain of pointwise ops: the affine ops before its hue (`pre`,
+    (B, 3, n) rows of (a, k_gray, k_mean) per slot), the hue where `hue_on` (None: no hue step),
+    the affine ops after it (`post`); slots a sample does not use hold (1, 0, 0). `mean`
+    (B, 1, 1) is the grey mean the contrast uses. Returns the channel planes."""
+    planes = list(_to_float(x).unbind(1))
+    for i in range(pre.shape[2]):
+        planes = _affine_planes(planes, pre[:, 0, i], pre[:, 1, i], pre[:, 2, i], mean)
+    if hue_on is not None and shift is not None and len(planes) == 3:
+        rotated = _hue_channels(planes[0], planes[1], planes[2], shift)
+        on = hue_on.view(-1, 1, 1)
+        planes = [torch.where(on, h.clamp(0, 1), c) for h, c in zip(rotated, planes, strict=True)]
+    for i in range(post.shape[2]):
+        planes = _affine_planes(planes, post[:, 0, i], post[:, 1, i], post[:, 2, i], mean)
+    return planes
+
+
+def _chain_mean(
+    x: torch.Tensor, pre: torch.Tensor, hue_on: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+    post: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`_stage` written per channel plane, for torch.compile: one loop per row (the grey mean,
-    then every channel written from one pass, a uint8 batch converted as it is read, the hue's
-    rows read from `hued` by row index, the luma where `grey` says). Reading the rotated rows
-    in this loop saves writing them back into the batch (a stage 5.2-5.6 against 6.1 ms for
-    128 views of 96 px), and greying here saves a pass over the chosen rows."""
-    planes = _to_float(x).unbind(1)
-    gray = _luma(planes)
-    mean = gray.mean(dim=(1, 2), keepdim=True)
-    common = k_gray.view(-1, 1, 1) * gray + k_mean.view(-1, 1, 1) * mean
-    out = [(common + a.view(-1, 1, 1) * c).clamp(0, 1) for c in planes]
-    take = (hue_at >= 0).view(-1, 1, 1)
-    rotated = hued.index_select(0, hue_at.clamp(min=0)).unbind(1)
-    out = [torch.where(take, h, c) for h, c in zip(rotated, out, strict=True)]
-    if len(out) == 3:  # a grey flag costs nothing here: the loop waits on memory
-        luma = _luma(out)
-        out = [torch.where(grey.view(-1, 1, 1), luma, c) for c in out]
-    return torch.stack(out, 1)
+    """(B, 1, 1): the grey mean of each sample's state where its contrast is due (the slots from
+    the contrast on hold (1, 0, 0) and the hue is off if it comes later)."""
+    post = pre[:, :, :0] if post is None else post
+    planes = _chain(x, pre, hue_on, shift, post, x.new_zeros(x.shape[0], 1, 1, dtype=torch.float32))
+    return _luma(planes).mean(dim=(1, 2), keepdim=True)
+
+
+def _chain_out(
+    x: torch.Tensor, pre: torch.Tensor, hue_on: torch.Tensor, shift: torch.Tensor, post: torch.Tensor,
+    mean: torch.Tensor, grey: torch.Tensor,
+) -> torch.Tensor:
+    """The jittered batch (B, C, H, W): the chain, then the luma where `grey` ((B,) bool)."""
+    planes = _chain(x, pre, hue_on, shift, post, mean)
+    if len(planes) == 3:
+        luma = _luma(planes)
+        planes = [torch.where(grey.view(-1, 1, 1), luma, c) for c in planes]
+    return torch.stack(planes, 1)
 
 
 class Kernels(NamedTuple):
-    """The augmentation's per-pixel work: eager, or fused by torch.compile (each jitter op one
-    loop over the pixels, and `blur` a sum of shifted copies)."""
+    """The augmentation's per-pixel work fused by torch.compile (`augment_kernels(True)`): the
+    colour jitter as a chain per sample (`_chain_mean` for the contrast's grey means, then
+    `_chain_out`), and the blur as a sum of shifted copies. EAGER has none: the eager jitter
+    makes one pass over the batch per stage, and the blur two matrix products."""
 
-    hue: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    stage: Callable[..., torch.Tensor]
+    chain_mean: Callable[..., torch.Tensor] | None = None
+    chain_out: Callable[..., torch.Tensor] | None = None
     blur: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
-EAGER = Kernels(_hue, _stage)
+EAGER = Kernels()
 _fused: Kernels | None = None
 
 
@@ -294,7 +335,7 @@ class Fused:
         self.fn = fn
         self.fused: Callable[..., torch.Tensor] | None = torch.compile(fn)
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: torch.Tensor | None) -> torch.Tensor:
         if self.fused is not None:
             try:
                 return self.fused(*args)
@@ -310,7 +351,7 @@ def augment_kernels(compiled: bool) -> Kernels:
     if not compiled:
         return EAGER
     if _fused is None:
-        _fused = Kernels(Fused(_hue), Fused(_stage_planes), Fused(_blur_shifted))
+        _fused = Kernels(Fused(_chain_mean), Fused(_chain_out), Fused(_blur_shifted))
     return _fused
 
 
@@ -341,38 +382,95 @@ def draw_jitter(
     return JitterParams(factors, apply, order)
 
 
+def _stage_coefficients(p: JitterParams, n_ops: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 3, 4): each stage's (a, k_gray, k_mean) of `_affine` per sample; (1, 0, 0) where the
+    stage does nothing or is the hue (op 3), or the sample is not jittered."""
+    f = p.factors.to(dtype)
+    op = torch.where(p.apply.view(-1, 1) & (p.order < n_ops), p.order, -1)  # -1: nothing
+    a = torch.where((op >= 0) & (op <= 2), f.gather(1, op.clamp(0, 2)), 1.0)
+    k_gray = torch.where(op == 2, (1 - f[:, 2]).view(-1, 1), 0.0)
+    k_mean = torch.where(op == 1, (1 - f[:, 1]).view(-1, 1), 0.0)
+    return torch.stack([a, k_gray, k_mean], 1)
+
+
+def _jitter_staged(x: torch.Tensor, p: JitterParams, grey: torch.Tensor) -> torch.Tensor:
+    """Eager: each of the four stages one pass over the whole batch (`_stage`); the hue on copies
+    of the rows whose turn it is, which the stage puts in."""
+    n_ops = 4 if x.shape[1] == 3 else 2  # saturation and hue do nothing to a single channel
+    coef = _stage_coefficients(p, n_ops, torch.float32 if x.dtype == torch.uint8 else x.dtype)
+    shift = p.factors[:, 3].to(coef.dtype)
+    no_grey = torch.zeros_like(p.apply)
+    for stage in range(4):
+        hue = p.apply & (p.order[:, stage] == 3) & (n_ops == 4)
+        rows = torch.nonzero(hue).squeeze(1)
+        hued = _hue(x.index_select(0, rows), shift.index_select(0, rows)) if rows.numel() else x[:0]
+        hue_at = torch.where(hue, hue.cumsum(0) - 1, -1)
+        a, k_gray, k_mean = coef[:, :, stage].unbind(1)
+        x = _stage(x, a, k_gray, k_mean, hued, hue_at, grey if stage == 3 else no_grey)
+    return x
+
+
+_IDENTITY = (1.0, 0.0, 0.0)  # (a, k_gray, k_mean) of a slot that leaves the sample as it is
+
+
+def _slots(coef: torch.Tensor, take: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, 3, n): the coefficients (B, 3, 4) of the stages `take` ((B, 4) bool) marks, in stage
+    order, then identity slots."""
+    stages = torch.arange(4, device=take.device)
+    first = torch.argsort((~take).long() * 4 + stages, dim=1)[:, :n]  # the marked stages first, in order
+    kept = take.gather(1, first).unsqueeze(1)
+    identity = torch.tensor(_IDENTITY, dtype=coef.dtype, device=coef.device).view(1, 3, 1)
+    return torch.where(kept, coef.gather(2, first.unsqueeze(1).expand(-1, 3, -1)), identity)
+
+
+def _jitter_chained(x: torch.Tensor, p: JitterParams, kernels: Kernels, grey: torch.Tensor) -> torch.Tensor:
+    """Compiled: every sample's ops as one chain (`_chain`): the affine ops before its hue, the
+    hue, the affine ops after it. Its contrast needs the grey mean of the state before it, so
+    first the means: for the samples whose contrast precedes the hue, from a short chain of the
+    ops before it (no hue), for the rest (about half) from their chain up to it. The kernel is
+    compute-bound: each loop step waits on its chain's latency, and fewer steps in the chain
+    (the short chain for most means, the affine op as one weighted sum) is what makes it fast."""
+    assert kernels.chain_mean is not None and kernels.chain_out is not None
+    rgb = x.shape[1] == 3
+    n_affine = 3 if rgb else 2  # brightness, contrast, saturation (none but the first two on grey)
+    coef = _stage_coefficients(p, n_affine, torch.float32 if x.dtype == torch.uint8 else x.dtype)
+    stage = torch.arange(4, device=x.device).view(1, 4)
+    hue_stage = (p.order == 3).int().argmax(1, keepdim=True) if rgb else torch.full_like(p.order[:, :1], 4)
+    affine = p.apply.view(-1, 1) & (p.order < n_affine)
+    before, after = affine & (stage < hue_stage), affine & (stage > hue_stage)
+    pre, post = _slots(coef, before, n_affine), _slots(coef, after, 3 if rgb else 0)
+    hue_on = p.apply & rgb
+    shift = p.factors[:, 3].to(coef.dtype)
+    # Up to the contrast: the slots before it hold their ops, the rest identity.
+    contrast_stage = (p.order == 1).int().argmax(1, keepdim=True)
+    slot = torch.arange(3, device=x.device).view(1, 1, 3)
+    identity = torch.tensor(_IDENTITY, dtype=coef.dtype, device=x.device).view(1, 3, 1)
+    n_pre = (before & (stage < contrast_stage)).sum(1).view(-1, 1, 1)
+    n_post = (after & (stage < contrast_stage)).sum(1).view(-1, 1, 1)
+    pre_c = torch.where(slot[:, :, : pre.shape[2]] < n_pre, pre, identity)
+    post_c = torch.where(slot[:, :, : post.shape[2]] < n_post, post, identity)
+    mean = kernels.chain_mean(x, pre_c)
+    late = torch.nonzero(p.apply & (contrast_stage.squeeze(1) > hue_stage.squeeze(1))).squeeze(1)
+    if late.numel():  # contrast after the hue: the chain through the hue
+        rows = (t.index_select(0, late) for t in (x, pre_c, hue_on, shift, post_c))
+        mean[late] = kernels.chain_mean(*rows)
+    return kernels.chain_out(x, pre, hue_on, shift, post, mean, grey)
+
+
 def apply_jitter(
     x: torch.Tensor, p: JitterParams, kernels: Kernels = EAGER, grey: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Each sample's ops in its own order, each followed by clipping to [0, 1] (as the official
     code does). Brightness, contrast and saturation are all x ← a·x + b·gray(x) + c·mean(gray(x))
-    with per-sample (a, b, c), so each of the four stages is one pass over the whole batch (the
-    samples doing something else at that stage get (1, 0, 0), which leaves them exactly as they
-    are); the hue runs on copies of the rows whose turn it is, and the stage puts them in.
-    Compiled, 96 px views come 9-11 % faster on the CPU than from one kernel a stage that
-    computed both ops everywhere and kept one; sorting the rows so that the hue's form a slice
-    gains nothing (putting them back in order is a whole pass over memory). The rows marked in
-    `grey` ((B,) bool) end as their luma, in the last stage's pass. x itself is left as it is;
-    uint8 x (the crop's) comes back as float in [0, 1]."""
-    n_ops = 4 if x.shape[1] == 3 else 2  # saturation and hue do nothing to a single channel
-    f = p.factors.to(torch.float32 if x.dtype == torch.uint8 else x.dtype)
-    ones, zeros = torch.ones_like(f[:, 0]), torch.zeros_like(f[:, 0])
-    no_grey = torch.zeros_like(p.apply)
-    grey = no_grey if grey is None else grey
-    for stage in range(4):
-        op = torch.where(p.apply & (p.order[:, stage] < n_ops), p.order[:, stage], -1)  # -1: nothing
-        a = torch.where((op >= 0) & (op <= 2), f.gather(1, op.clamp(0, 2).view(-1, 1)).squeeze(1), ones)
-        k_gray = torch.where(op == 2, 1 - f[:, 2], zeros)
-        k_mean = torch.where(op == 1, 1 - f[:, 1], zeros)
-        hue = op == 3
-        rows = torch.nonzero(hue).squeeze(1)
-        # Always some rows and a grey mask, never None: one compiled graph for every stage
-        # (each variant would be another compile and count towards torch.compile's limit).
-        rows = rows if rows.numel() else rows.new_zeros(1)  # a row to read that is never taken
-        hued = kernels.hue(x.index_select(0, rows), f[:, 3].index_select(0, rows))
-        hue_at = torch.where(hue, hue.cumsum(0) - 1, -1)
-        x = kernels.stage(x, a, k_gray, k_mean, hued, hue_at, grey if stage == 3 else no_grey)
-    return x
+    with per-sample (a, b, c); a sample doing nothing at a step gets (1, 0, 0), which leaves it
+    exactly as it is. Eager, each of the four stages is one pass over the batch
+    (`_jitter_staged`); with the compiled kernels, one chain per sample (`_jitter_chained`). The
+    rows marked in `grey` ((B,) bool) end as their luma, in the last pass. x itself is left as
+    it is; uint8 x (the crop's) comes back as float in [0, 1]."""
+    grey = torch.zeros_like(p.apply) if grey is None else grey
+    if kernels.chain_out is None:
+        return _jitter_staged(x, p, grey)
+    return _jitter_chained(x, p, kernels, grey)
 
 
 def color_jitter(
