@@ -237,9 +237,9 @@ def case_loss(p: dict[str, Any]) -> dict[str, Any]:
 
 def step_setup(p: dict[str, Any]) -> tuple[Any, ...]:
     from simclr.config import AugmentConfig
+    from simclr.image import build_augment
     from simclr.model import build_model
     from simclr.optim import build_optimizer
-    from simclr.train import build_augment
 
     torch.manual_seed(0)
     model = build_model(p["encoder"], p["channels"], p["size"])
@@ -717,8 +717,9 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
 
     def row(what: str, ours: float | None, peer: float | None, unit: str, target: str,
-            r: float | None, ok: bool | None) -> None:
-        rows.append({"what": what, "ours": ours, "peer": peer, "unit": unit, "ratio": r, "target": target, "met": ok})
+            r: float | None, ok: bool | None, rounds: list[float] | None = None) -> None:
+        rows.append({"what": what, "ours": ours, "peer": peer, "unit": unit, "ratio": r, "target": target, "met": ok,
+                     "rounds": rounds})
 
     for size, need in (("32px", 8.0), ("96px", 5.0)):
         aug = get(res, "augment", size) or {}
@@ -728,8 +729,11 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
                 other = get(aug, peer, "per_core")
                 r = ratio(ours, other)
                 if other is not None and ours is not None:
+                    # The ratio is of the medians; each round's own ratio shows the spread (not the verdict).
+                    paired = zip(get(aug, mine, "runs") or [], get(aug, peer, "runs") or [], strict=False)
+                    rounds = [a["per_core"] / b["per_core"] for a, b in paired]
                     row(f"augment {size}, per core: {label} vs {peer}", ours, other, "img/s/core", f">= {need:g}x",
-                        r, None if r is None else r >= need)
+                        r, None if r is None else r >= need, rounds if len(rounds) > 1 else None)
     for n, entry in (get(res, "loss") or {}).items():
         ours_s, ours_m = get(entry, "ours", "seconds"), get(entry, "ours", "peak_mib")
         for peer in ("lightly", "naive"):
@@ -790,11 +794,12 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
     width = max(len(r["what"]) for r in rows) if rows else 10
-    lines = [f"{'case':<{width}}  {'ours':>9}  {'peer':>9}  {'unit':<10}  {'ratio':>7}  {'target':<8}  met"]
+    lines = [f"{'case':<{width}}  {'ours':>9}  {'peer':>9}  {'unit':<10}  {'ratio':>7}  {'target':<8}  met  rounds"]
     for line in rows:
         met = "-" if line["met"] is None else ("yes" if line["met"] else "NO")
+        spread = " ".join(fmt(x) for x in line.get("rounds") or [])
         lines.append(f"{line['what']:<{width}}  {fmt(line['ours']):>9}  {fmt(line['peer']):>9}  {line['unit']:<10}  "
-                     f"{fmt(line['ratio']):>7}  {line['target']:<8}  {met}")
+                     f"{fmt(line['ratio']):>7}  {line['target']:<8}  {met:<3}  {spread}".rstrip())
     return "\n".join(lines), rows
 
 
