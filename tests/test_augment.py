@@ -26,6 +26,10 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator(device=torch.device("cpu")).manual_seed(seed)
 
 
+# The compiled jitter tests share one batch shape: each new shape is another compile (seconds each).
+JITTER_BATCH, JITTER_SIDE = 48, 10
+
+
 def uint8_images(b: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (b, c, h, w), generator=gen(seed), dtype=torch.uint8)
 
@@ -230,11 +234,12 @@ def test_color_jitter_equals_torchvision_ops_per_sample_in_each_samples_order(ch
     """The batched jitter against an independent reference: torchvision's own ops (which clip),
     applied one sample at a time in that sample's drawn order with its drawn factors; eager, and
     fused by torch.compile (`compile=true`)."""
-    b = 48
-    x = torch.rand(b, channels, 10, 10, generator=gen(3))
+    b = JITTER_BATCH
+    x = uint8_images(b, channels, JITTER_SIDE, JITTER_SIDE, seed=3)  # as the crop gives it
     p = aug.draw_jitter(b, 1.0, 0.8, gen(4), x.device)
     out = aug.apply_jitter(x, p, aug.augment_kernels(compiled))
     n_ops = 4 if channels == 3 else 2
+    x = aug._to_float(x)
     for i in range(b):
         expected = x[i]
         if p.apply[i]:
@@ -253,7 +258,8 @@ def test_compiled_jitter_chain_equals_the_staged_jitter_in_every_order(channels:
     not, uint8 input as the crop gives it: the same as the eager stages per sample."""
     orders = torch.tensor(list(itertools.permutations(range(4))))  # (24, 4)
     b = 2 * len(orders)
-    x = uint8_images(b, channels, 12, 12, seed=5)
+    assert b == JITTER_BATCH
+    x = uint8_images(b, channels, JITTER_SIDE, JITTER_SIDE, seed=5)
     p = aug.draw_jitter(b, 1.0, 1.0, gen(40), x.device)
     apply = torch.arange(b) % 8 != 7  # a few samples left as they are
     p = aug.JitterParams(p.factors, apply, orders.repeat(2, 1))
@@ -308,10 +314,10 @@ def test_color_jitter_clips_and_keeps_range() -> None:
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_color_jitter_prob_zero_is_identity(channels: int, compiled: bool) -> None:
-    # No stage has a hue row: the stage still reads a (never taken) row from the hue's output.
-    x = torch.rand(8, channels, 8, 8, generator=gen(10))
+    # No sample is jittered: every slot and stage holds (1, 0, 0), and no row takes the hue.
+    x = uint8_images(JITTER_BATCH, channels, JITTER_SIDE, JITTER_SIDE, seed=10)
     out = aug.color_jitter(x, 1.0, prob=0.0, gen=gen(11), kernels=aug.augment_kernels(compiled))
-    assert torch.equal(out, x)
+    assert torch.equal(out, aug._to_float(x))
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
@@ -320,7 +326,7 @@ def test_grayscale_in_the_jitters_last_pass_equals_the_separate_op(compiled: boo
     """`color_jitter(grey_prob=p)` greys the very rows `random_grayscale_(p)` would with the
     generator where the jitter leaves it, and nothing else: the views stay those of the paper's
     order of ops (jitter, then grayscale) for a given seed."""
-    x = uint8_images(40, 3, 12, 12)
+    x = uint8_images(JITTER_BATCH, 3, JITTER_SIDE, JITTER_SIDE)
     kernels = aug.augment_kernels(compiled)
     out = aug.color_jitter(x, 1.0, 0.8, gen(30), frames, kernels, grey_prob=0.3)
     g = gen(30)
