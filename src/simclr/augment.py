@@ -428,7 +428,9 @@ def _jitter_staged(x: torch.Tensor, p: JitterParams, grey: torch.Tensor) -> torc
     return x
 
 
-_IDENTITY = (1.0, 0.0, 0.0)  # (a, k_gray, k_mean) of a slot that leaves the sample as it is
+def _identity(coef: torch.Tensor) -> torch.Tensor:
+    """(1, 3, 1): the (a, k_gray, k_mean) of a slot that leaves the sample as it is."""
+    return torch.tensor((1.0, 0.0, 0.0), dtype=coef.dtype, device=coef.device).view(1, 3, 1)
 
 
 def _slots(coef: torch.Tensor, take: torch.Tensor, n: int) -> torch.Tensor:
@@ -437,8 +439,13 @@ def _slots(coef: torch.Tensor, take: torch.Tensor, n: int) -> torch.Tensor:
     stages = torch.arange(4, device=take.device)
     first = torch.argsort((~take).long() * 4 + stages, dim=1)[:, :n]  # the marked stages first, in order
     kept = take.gather(1, first).unsqueeze(1)
-    identity = torch.tensor(_IDENTITY, dtype=coef.dtype, device=coef.device).view(1, 3, 1)
-    return torch.where(kept, coef.gather(2, first.unsqueeze(1).expand(-1, 3, -1)), identity)
+    return torch.where(kept, coef.gather(2, first.unsqueeze(1).expand(-1, 3, -1)), _identity(coef))
+
+
+def _first_slots(slots: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """(B, 3, n): the first `count` ((B,) each) of each sample's slots, identity after them."""
+    used = torch.arange(slots.shape[2], device=slots.device).view(1, 1, -1) < count.view(-1, 1, 1)
+    return torch.where(used, slots, _identity(slots))
 
 
 def _jitter_chained(x: torch.Tensor, p: JitterParams, kernels: Kernels, grey: torch.Tensor) -> torch.Tensor:
@@ -461,12 +468,8 @@ def _jitter_chained(x: torch.Tensor, p: JitterParams, kernels: Kernels, grey: to
     shift = p.factors[:, 3].to(coef.dtype)
     # Up to the contrast: the slots before it hold their ops, the rest identity.
     contrast_stage = (p.order == 1).int().argmax(1, keepdim=True)
-    slot = torch.arange(3, device=x.device).view(1, 1, 3)
-    identity = torch.tensor(_IDENTITY, dtype=coef.dtype, device=x.device).view(1, 3, 1)
-    n_pre = (before & (stage < contrast_stage)).sum(1).view(-1, 1, 1)
-    n_post = (after & (stage < contrast_stage)).sum(1).view(-1, 1, 1)
-    pre_c = torch.where(slot[:, :, : pre.shape[2]] < n_pre, pre, identity)
-    post_c = torch.where(slot[:, :, : post.shape[2]] < n_post, post, identity)
+    pre_c = _first_slots(pre, (before & (stage < contrast_stage)).sum(1))
+    post_c = _first_slots(post, (after & (stage < contrast_stage)).sum(1))
     mean = kernels.chain_mean(x, pre_c)
     late = torch.nonzero(p.apply & (contrast_stage.squeeze(1) > hue_stage.squeeze(1))).squeeze(1)
     if late.numel():  # contrast after the hue: the chain through the hue
