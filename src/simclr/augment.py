@@ -470,8 +470,13 @@ def _jitter_chained(x: torch.Tensor, p: JitterParams, kernels: Kernels, grey: to
     contrast_stage = (p.order == 1).int().argmax(1, keepdim=True)
     pre_c = _first_slots(pre, (before & (stage < contrast_stage)).sum(1))
     post_c = _first_slots(post, (after & (stage < contrast_stage)).sum(1))
-    mean = kernels.chain_mean(x, pre_c)
-    late = torch.nonzero(p.apply & (contrast_stage.squeeze(1) > hue_stage.squeeze(1))).squeeze(1)
+    # Each mean on the rows that need it (the others' contrast coefficient is 0).
+    mean = torch.zeros(x.shape[0], 1, 1, dtype=coef.dtype, device=x.device)
+    late = contrast_stage.squeeze(1) > hue_stage.squeeze(1)
+    early = torch.nonzero(p.apply & ~late).squeeze(1)
+    if early.numel():  # contrast before the hue: the ops before it, no hue
+        mean[early] = kernels.chain_mean(x.index_select(0, early), pre_c.index_select(0, early))
+    late = torch.nonzero(p.apply & late).squeeze(1)
     if late.numel():  # contrast after the hue: the chain through the hue
         rows = (t.index_select(0, late) for t in (x, pre_c, hue_on, shift, post_c))
         mean[late] = kernels.chain_mean(*rows)
