@@ -183,6 +183,9 @@ def _hue_sixths(
     return v, d, h6 + (6 * shift.view(-1, 1, 1) + 12)
 
 
+_HUE_OFFSETS = (5.0, 3.0, 1.0)  # R, G, B: channel n is v - d·trapezoid((n + h6) mod 6)
+
+
 def _hue_channels(
     r: torch.Tensor, g: torch.Tensor, b: torch.Tensor, shift: torch.Tensor
 ) -> list[torch.Tensor]:
@@ -200,9 +203,6 @@ def _hue_channels(
         k = k - 6 * torch.floor(k * (1 / 6))
         channels.append(v - d * torch.clamp(2 - torch.abs(k - 2), 0, 1))
     return channels
-
-
-_HUE_OFFSETS = (5.0, 3.0, 1.0)  # R, G, B
 
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
@@ -246,16 +246,14 @@ def _grey_rows_(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def _stage(
     x: torch.Tensor, a: torch.Tensor, k_gray: torch.Tensor, k_mean: torch.Tensor,
-    hued: torch.Tensor, hue_at: torch.Tensor, grey: torch.Tensor,
+    hue_rows: torch.Tensor, hued: torch.Tensor, grey: torch.Tensor,
 ) -> torch.Tensor:
-    """One jitter stage: the affine op of `_affine` on every row; then the rows whose hue it is
-    take their rotated selves from `hued` (`hue_at` (B,) numbers them 0, 1, ... in order, -1
-    elsewhere; `hued` may hold a row more, never read); then the rows marked in `grey` ((B,)
+    """One jitter stage: the affine op of `_affine` on every row; then the rows `hue_rows`,
+    whose hue it is, take their rotated selves `hued`; then the rows marked in `grey` ((B,)
     bool) become their luma."""
     y = _affine(x, a, k_gray, k_mean)  # the hue's rows get (1, 0, 0): left as they were
-    take = torch.nonzero(hue_at >= 0).squeeze(1)
-    if take.numel():
-        y[take] = hued[: take.numel()]
+    if hue_rows.numel():
+        y[hue_rows] = hued
     return _grey_rows_(y, torch.nonzero(grey).squeeze(1))
 
 
@@ -401,9 +399,10 @@ def draw_jitter(
 
 
 def _stage_coefficients(p: JitterParams, n_ops: int, dtype: torch.dtype) -> torch.Tensor:
-    """(B, 3, 4): each stage's (a, k_gray, k_mean) of `_affine` per sample; (1, 0, 0) where the
-    stage does nothing or is the hue (op 3), or the sample is not jittered."""
-    f = p.factors.to(dtype)
+    """(B, 3, 4): each stage's (a, k_gray, k_mean) of `_affine` per sample, in the float type the
+    images of `dtype` are jittered in; (1, 0, 0) where the stage does nothing or is the hue
+    (op 3), or the sample is not jittered."""
+    f = p.factors.to(torch.float32 if dtype == torch.uint8 else dtype)
     op = torch.where(p.apply.view(-1, 1) & (p.order < n_ops), p.order, -1)  # -1: nothing
     a = torch.where((op >= 0) & (op <= 2), f.gather(1, op.clamp(0, 2)), 1.0)
     k_gray = torch.where(op == 2, (1 - f[:, 2]).view(-1, 1), 0.0)
@@ -415,16 +414,14 @@ def _jitter_staged(x: torch.Tensor, p: JitterParams, grey: torch.Tensor) -> torc
     """Eager: each of the four stages one pass over the whole batch (`_stage`); the hue on copies
     of the rows whose turn it is, which the stage puts in."""
     n_ops = 4 if x.shape[1] == 3 else 2  # saturation and hue do nothing to a single channel
-    coef = _stage_coefficients(p, n_ops, torch.float32 if x.dtype == torch.uint8 else x.dtype)
+    coef = _stage_coefficients(p, n_ops, x.dtype)
     shift = p.factors[:, 3].to(coef.dtype)
     no_grey = torch.zeros_like(p.apply)
     for stage in range(4):
-        hue = p.apply & (p.order[:, stage] == 3) & (n_ops == 4)
-        rows = torch.nonzero(hue).squeeze(1)
+        rows = torch.nonzero(p.apply & (p.order[:, stage] == 3) & (n_ops == 4)).squeeze(1)
         hued = _hue(x.index_select(0, rows), shift.index_select(0, rows)) if rows.numel() else x[:0]
-        hue_at = torch.where(hue, hue.cumsum(0) - 1, -1)
         a, k_gray, k_mean = coef[:, :, stage].unbind(1)
-        x = _stage(x, a, k_gray, k_mean, hued, hue_at, grey if stage == 3 else no_grey)
+        x = _stage(x, a, k_gray, k_mean, rows, hued, grey if stage == 3 else no_grey)
     return x
 
 
@@ -458,7 +455,7 @@ def _jitter_chained(x: torch.Tensor, p: JitterParams, kernels: Kernels, grey: to
     assert kernels.chain_mean is not None and kernels.chain_out is not None
     rgb = x.shape[1] == 3
     n_affine = 3 if rgb else 2  # brightness, contrast, saturation (none but the first two on grey)
-    coef = _stage_coefficients(p, n_affine, torch.float32 if x.dtype == torch.uint8 else x.dtype)
+    coef = _stage_coefficients(p, n_affine, x.dtype)
     stage = torch.arange(4, device=x.device).view(1, 4)
     hue_stage = (p.order == 3).int().argmax(1, keepdim=True) if rgb else torch.full_like(p.order[:, :1], 4)
     affine = p.apply.view(-1, 1) & (p.order < n_affine)
@@ -472,11 +469,11 @@ def _jitter_chained(x: torch.Tensor, p: JitterParams, kernels: Kernels, grey: to
     post_c = _first_slots(post, (after & (stage < contrast_stage)).sum(1))
     # Each mean on the rows that need it (the others' contrast coefficient is 0).
     mean = torch.zeros(x.shape[0], 1, 1, dtype=coef.dtype, device=x.device)
-    late = contrast_stage.squeeze(1) > hue_stage.squeeze(1)
-    early = torch.nonzero(p.apply & ~late).squeeze(1)
+    after_hue = contrast_stage.squeeze(1) > hue_stage.squeeze(1)
+    early = torch.nonzero(p.apply & ~after_hue).squeeze(1)
     if early.numel():  # contrast before the hue: the ops before it, no hue
         mean[early] = kernels.chain_mean(x.index_select(0, early), pre_c.index_select(0, early))
-    late = torch.nonzero(p.apply & late).squeeze(1)
+    late = torch.nonzero(p.apply & after_hue).squeeze(1)
     if late.numel():  # contrast after the hue: the chain through the hue
         rows = (t.index_select(0, late) for t in (x, pre_c, hue_on, shift, post_c))
         mean[late] = kernels.chain_mean(*rows)
