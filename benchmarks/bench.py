@@ -290,7 +290,7 @@ def case_step(p: dict[str, Any]) -> dict[str, Any]:
 
 def case_model(p: dict[str, Any]) -> dict[str, Any]:
     """Encoder forward + backward images/s per model-side variant, the variants alternated:
-    float32, channels_last memory format, bf16 autocast, torch.compile."""
+    float32, channels_last memory format, bf16 autocast (on channels_last), torch.compile."""
     from simclr.model import build_model
 
     torch.manual_seed(0)
@@ -352,7 +352,8 @@ def case_e2e_ours(p: dict[str, Any]) -> dict[str, Any]:
 def case_e2e_ceiling(p: dict[str, Any]) -> dict[str, Any]:
     """The ceiling of any loop with this model: `simclr train`'s step (same model, batch, LARS,
     loss, channels_last, threads) on two fixed batches of views, with no data or augmentation;
-    with `compile`, the network through torch.compile as `compile=true` does."""
+    with `compile`, the network through torch.compile as `compile=true` does; with `bf16`, the
+    forward under bf16 autocast as `precision=bf16` does."""
     from simclr.config import Config
     from simclr.train import train_step
 
@@ -361,11 +362,12 @@ def case_e2e_ceiling(p: dict[str, Any]) -> dict[str, Any]:
     model = model.to(memory_format=layout)
     net: torch.nn.Module = torch.compile(model) if p.get("compile") else model  # type: ignore[assignment]
     x1, x2 = (torch.rand(p["batch"], 3, 32, 32).contiguous(memory_format=layout) for _ in range(2))
+    bf16 = bool(p.get("bf16"))
     for _ in range(2 if p.get("compile") else 1):  # warm-up (compiling: the forward, then the backward)
-        train_step(net, optimizer, x1, x2, TEMPERATURE)
+        train_step(net, optimizer, x1, x2, TEMPERATURE, bf16)
     start = time.perf_counter()
     for _ in range(p["steps"]):
-        train_step(net, optimizer, x1, x2, TEMPERATURE)
+        train_step(net, optimizer, x1, x2, TEMPERATURE, bf16)
     return {"images_per_s": p["steps"] * p["batch"] / (time.perf_counter() - start)}
 
 
@@ -394,7 +396,8 @@ class _ZipImages(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 def case_e2e_lightly(p: dict[str, Any]) -> dict[str, Any]:
     """The same model, batch, LARS settings and temperature, with lightly's transform in
-    DataLoader workers and lightly's NTXentLoss and LARS."""
+    DataLoader workers and lightly's NTXentLoss and LARS; with `bf16`, the forward under bf16
+    autocast and the loss on its outputs in float32 (how a user would add mixed precision)."""
     from lightly.loss import NTXentLoss
     from lightly.transforms import SimCLRTransform
     from lightly.utils.lars import LARS
@@ -416,8 +419,9 @@ def case_e2e_lightly(p: dict[str, Any]) -> dict[str, Any]:
     model.train()
     stamps = []
     for x1, x2 in loader:
-        z1, z2 = model(x1, x2)
-        loss = criterion(z1, z2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(p.get("bf16"))):
+            z1, z2 = model(x1, x2)
+        loss = criterion(z1.float(), z2.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -647,11 +651,11 @@ def bench_step(runner: Runner, inputs: dict[str, str], quick: bool) -> dict[str,
 def bench_model(runner: Runner, quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     small = {"encoder": "small_cnn", "channels": 3, "size": 32, "batch": 256, "iters": 3 if quick else 5,
-             "variants": ["float32", "channels_last", "bf16"] + ([] if quick else ["compile"])}
+             "variants": ["float32", "channels_last", "channels_last+bf16"] + ([] if quick else ["compile"])}
     cases: list[tuple[str, dict[str, Any]]] = [("small_cnn_cifar", small)]
     if not quick:
         cases.append(("resnet18_cifar", {"encoder": "resnet18", "channels": 3, "size": 32, "batch": 64, "iters": 3,
-                                         "variants": ["float32", "channels_last"]}))
+                                         "variants": ["float32", "channels_last", "channels_last+bf16"]}))
     for name, params in cases:
         r = runner.run("main", {"case": "model", **params})
         if r and "error" not in r:
@@ -678,6 +682,11 @@ def bench_e2e(runner: Runner, inputs: dict[str, str], work: Path, quick: bool) -
                                  "steps": 6 if encoder == "small_cnn" else 2}),
             "lightly": ("lightly", {"case": "e2e_lightly", **common, "workers": 2}),
         }
+        # precision=bf16: the forward passes under bf16 autocast (the loss in float32), against the
+        # lightly loop as its users write it (float32) and with the same autocast added
+        contenders["ours_bf16"] = ("main", {"case": "e2e_ours", **common, "overrides": ["precision=bf16"]})
+        contenders["ceiling_bf16"] = ("main", {**contenders["ceiling"][1], "bf16": True})
+        contenders["lightly_bf16"] = ("lightly", {"case": "e2e_lightly", **common, "workers": 2, "bf16": True})
         if not quick:  # compile=true: the network and the colour jitter fused by torch.compile
             contenders["ours_compiled"] = ("main", {"case": "e2e_ours", **common, "overrides": ["compile=true"]})
             if encoder == "small_cnn":  # what the compiled model alone allows (ResNet-18 compiles for minutes)
@@ -774,8 +783,18 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             rc = ratio(compiled, peer)
             row(f"end-to-end {encoder}: ours compile=true vs lightly loop", compiled, peer, "img/s",
                 f">= {need:g}x", rc, None if rc is None else rc >= need)
+        fast = get(entry, "ours_bf16", "images_per_s")
+        if fast is not None:
+            rb = ratio(fast, peer)
+            row(f"end-to-end {encoder}: ours precision=bf16 vs lightly loop", fast, peer, "img/s",
+                f">= {need:g}x", rb, None if rb is None else rb >= need)
+            both = get(entry, "lightly_bf16", "images_per_s")
+            if both is not None:  # not a target: both loops with the same autocast
+                row(f"end-to-end {encoder}: ours precision=bf16 vs lightly loop with bf16 autocast", fast, both,
+                    "img/s", "", ratio(fast, both), None)
         for key, what in (("ceiling", "model step alone (the ceiling)"),
-                          ("ceiling_compiled", "model step alone compile=true")):
+                          ("ceiling_compiled", "model step alone compile=true"),
+                          ("ceiling_bf16", "model step alone precision=bf16")):
             ceiling = get(entry, key, "images_per_s")
             if ceiling is not None:  # not a target: what the model alone allows, against the same peer
                 row(f"end-to-end {encoder}: {what} vs lightly loop", ceiling, peer, "img/s", "", ratio(ceiling, peer),
@@ -801,6 +820,18 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         lines.append(f"{line['what']:<{width}}  {fmt(line['ours']):>9}  {fmt(line['peer']):>9}  {line['unit']:<10}  "
                      f"{fmt(line['ratio']):>7}  {line['target']:<8}  {met:<3}  {spread}".rstrip())
     return "\n".join(lines), rows
+
+
+def cpu_name() -> str:
+    """The CPU's model name (the figures depend on it: bf16, for one, is fast only where the
+    CPU multiplies bf16 natively)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def find_lightly(path: str | None) -> str | None:
@@ -837,7 +868,8 @@ def main() -> int:
     started = time.perf_counter()
     res: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+                    "native_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "lightly_python": lightly},
         "quick": args.quick,
@@ -865,7 +897,8 @@ def main() -> int:
     text, rows = table(res)
     res["table"] = rows
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(f"\nSimCLR speed, side by side ({res['date']}, {res['machine']['cores']} cores, torch {torch.__version__})")
+    print(f"\nSimCLR speed, side by side ({res['date']}, {res['machine']['cpu']}, {res['machine']['cores']} cores, "
+          f"native bf16: {res['machine']['native_bf16']}, torch {torch.__version__})")
     print(text)
     print(f"\n{res['total_s']:.0f} s; figures in {args.out}")
     return 0
