@@ -250,12 +250,17 @@ def test_color_jitter_equals_torchvision_ops_per_sample_in_each_samples_order(ch
     assert not torch.equal(out, x)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_compiled_jitter_chain_equals_the_staged_jitter_in_every_order(channels: int) -> None:
+@pytest.mark.parametrize(("channels", "grouped"), [(1, False), (3, False), (3, True)])
+def test_compiled_jitter_chain_equals_the_staged_jitter_in_every_order(
+    channels: int, grouped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`compile=true` runs each sample's jitter as one chain (the ops before its hue, the hue,
     the ops after it) with the contrast's grey mean computed first, from a short chain when the
-    contrast precedes the hue and through the hue when it follows. All 24 orders, jittered or
-    not, uint8 input as the crop gives it: the same as the eager stages per sample."""
+    contrast precedes the hue and through the hue when it follows; for large images, in groups
+    of rows with the same number of ops before the hue, each with only the slots it uses. All
+    24 orders, jittered or not, uint8 input as the crop gives it: the same as the eager stages
+    per sample."""
+    monkeypatch.setattr(aug, "GROUPED_ABOVE", 0 if grouped else JITTER_SIDE**2)
     orders = torch.tensor(list(itertools.permutations(range(4))))  # (24, 4)
     b = 2 * len(orders)
     assert b == JITTER_BATCH
