@@ -860,6 +860,8 @@ def main() -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    from simclr.train import native_bf16
+
     lightly = find_lightly(args.lightly_python)
     if lightly is None:
         log("lightly is not available (run `make bench`, which makes .venv-bench): its columns stay empty")
@@ -869,7 +871,7 @@ def main() -> int:
     res: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
-                    "native_bf16": bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),
+                    "native_bf16": native_bf16(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "lightly_python": lightly},
         "quick": args.quick,

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from simclr.config import load_config
 from simclr.model import build_encoder, build_model
+from simclr.train import native_bf16
 
 TIMEOUT = 300  # seconds; the 1-epoch run takes ~10 s on 2 cores
 
@@ -49,6 +50,13 @@ def test_train_succeeds(run: tuple[Path, subprocess.CompletedProcess[str]]) -> N
     names = {p.name for p in out.iterdir()}
     assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "encoder.safetensors", "eval.json"} <= names
     assert not [n for n in names if n.endswith(".tmp")]  # atomic writes left nothing behind
+
+
+def test_the_bf16_hint_shows_where_the_cpu_computes_bf16_natively(
+    run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    _, proc = run
+    assert ("precision=bf16 trains about" in proc.stderr) == (native_bf16() and TEST_DEVICE == "device=cpu")
 
 
 def test_resolved_config_saved(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

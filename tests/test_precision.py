@@ -12,7 +12,7 @@ from simclr.errors import UserError
 from simclr.loss import nt_xent
 from simclr.model import build_model
 from simclr.optim import build_optimizer
-from simclr.train import train_step
+from simclr.train import native_bf16, train_step
 
 
 def _pair() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -62,3 +62,12 @@ def test_compiled_step_equals_eager() -> None:
 def test_precision_is_validated() -> None:
     with pytest.raises(UserError, match="precision must be one of auto, bf16, fp32, got 'fp16'"):
         load_config(None, ["precision=fp16"])
+
+
+def test_native_bf16_reads_the_cpu_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    for avx512_bf16, amx, expected in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert native_bf16() is expected
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert native_bf16() is False  # a torch without the probes
