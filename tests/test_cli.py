@@ -56,7 +56,7 @@ def test_the_bf16_hint_shows_where_the_cpu_computes_bf16_natively(
     run: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
     _, proc = run
-    assert ("precision=bf16 trains about" in proc.stderr) == (native_bf16() and TEST_DEVICE == "device=cpu")
+    assert ("precision=bf16 makes" in proc.stderr) == (native_bf16() and TEST_DEVICE == "device=cpu")
 
 
 def test_resolved_config_saved(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -212,7 +212,7 @@ class Config:
     channels_last: bool = True
     # Forward passes in bfloat16 autocast (the loss and the optimizer stay in float32). auto:
     # bf16 on CUDA, where it is ~2x faster (benchmarks/gpu.sh); float32 on CPUs, where bf16 is
-    # 1.6-2.6x faster end to end only if the CPU computes it natively (AVX512-BF16, AMX: `simclr
+    # 1.6-2x faster end to end only if the CPU computes it natively (AVX512-BF16, AMX: `simclr
     # train` says so) and slower otherwise, and where the quality tables were measured.
     precision: str = "auto"  # auto, bf16, fp32
     compile: bool = False  # torch.compile the network, the colour jitter and the blur (a one-off compile first)

@@ -155,7 +155,7 @@ def setup(cfg: Config) -> Run:
 
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there oneDNN's bf16
-    convolutions run ~2x float32 (`make bench`: 1.6x end to end for the small CNN, 2.6x for
+    convolutions run ~2x float32 (`make bench`: 1.6x end to end for the small CNN, 1.8-2.1x for
     ResNet-18 on an AMD EPYC); elsewhere they were slower."""
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
@@ -327,8 +327,9 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
              tuple(images.shape[1:]), type(run.model.encoder).__name__, run.device, dist.world_size(),
              cfg.batch_size, progress.step, run.total_steps)
     if run.device.type == "cpu" and cfg.precision == "auto" and native_bf16():
-        log.info("this CPU computes bf16 natively: precision=bf16 trains about 1.6-2.6x faster (forward "
-                 "passes under bf16 autocast, the loss and weights in float32); auto keeps float32 on CPUs")
+        log.info("this CPU computes bf16 natively: precision=bf16 makes a convolutional encoder's steps up to "
+                 "about 2x faster (forward passes under bf16 autocast, the loss and weights in float32; "
+                 "auto keeps float32 on CPUs)")
     metrics = run.out / "metrics.jsonl"
     if main and resume_state is not None and not metrics.exists():  # the run directory lost it
         metrics.write_text(resume_state.get("metrics", ""))
