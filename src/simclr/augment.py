@@ -506,7 +506,7 @@ def _jitter_chained(x: torch.Tensor, p: JitterParams, kernels: Kernels, grey: to
             out.index_copy_(0, rows, kernels.chain_out(*_rows(rows, x, pre[:, :, :k], hue_on, shift,
                                                                post[:, :, : 3 - k], mean, grey)))
     rows = torch.nonzero(~p.apply).squeeze(1)
-    if rows.numel():  # not jittered: converted, and the luma where grey
+    if rows.numel():  # not jittered: converted, and the luma where grey (no slots, no hue, no mean)
         none = pre[:1, :, :0]
         plain, grey_rows = _rows(rows, x, grey)
         out.index_copy_(0, rows, kernels.chain_out(plain, none, None, None, none, mean[:1], grey_rows))
