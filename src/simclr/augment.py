@@ -475,11 +475,6 @@ def _jitter_chained(x: torch.Tensor, p: JitterParams, kernels: Kernels, grey: to
     pre, post = _slots(coef, before, n_affine), _slots(coef, after, 3 if rgb else 0)
     hue_on = p.apply & rgb
     shift = p.factors[:, 3].to(coef.dtype)
-    # A jittered sample's three affine ops are split around its hue, k = split before it and
-    # 3 - k after. Grouped, the rows of equal k run chains of only the slots they use: three
-    # affine slots rather than six (a chain of them is ~0.7x the time), for a few more calls.
-    split = before.sum(1)
-    grouped = rgb and x.shape[2] * x.shape[3] > GROUPED_ABOVE
     # Up to the contrast: the slots before it hold their ops, the rest identity; the contrast is
     # one of the affine ops, so at most n_affine - 1 of them precede it.
     contrast_stage = (p.order == 1).int().argmax(1, keepdim=True)
@@ -492,13 +487,19 @@ def _jitter_chained(x: torch.Tensor, p: JitterParams, kernels: Kernels, grey: to
     if early.numel():  # contrast before the hue: the ops before it, no hue
         mean[early] = kernels.chain_mean(*_rows(early, x, pre_c))
     late = p.apply & after_hue
-    for k in range(n_affine) if grouped else (None,):  # contrast after the hue: the chain through it
-        rows = torch.nonzero(late if k is None else late & (split == k)).squeeze(1)
-        if rows.numel():  # grouped: k slots, the hue, the 2 - k slots up to the contrast
-            cut = (pre_c, post_c) if k is None else (pre_c[:, :, :k], post_c[:, :, : n_affine - 1 - k])
-            mean[rows] = kernels.chain_mean(*_rows(rows, x, cut[0], hue_on, shift, cut[1]))
-    if not grouped:
+    if not rgb or x.shape[2] * x.shape[3] <= GROUPED_ABOVE:
+        rows = torch.nonzero(late).squeeze(1)
+        if rows.numel():  # contrast after the hue: the chain through the hue
+            mean[rows] = kernels.chain_mean(*_rows(rows, x, pre_c, hue_on, shift, post_c))
         return kernels.chain_out(x, pre, hue_on, shift, post, mean, grey)
+    # Grouped: a jittered sample's three affine ops are split around its hue, k before it and
+    # 3 - k after, and the rows of equal k run chains of only the slots they use (three affine
+    # slots rather than six: ~0.7x the time), for a few more calls and row copies.
+    split = before.sum(1)
+    for k in range(3):  # contrast after the hue: k slots, the hue, the 2 - k slots up to it
+        rows = torch.nonzero(late & (split == k)).squeeze(1)
+        if rows.numel():
+            mean[rows] = kernels.chain_mean(*_rows(rows, x, pre_c[:, :, :k], hue_on, shift, post_c[:, :, : 2 - k]))
     out = torch.empty(x.shape, dtype=coef.dtype, device=x.device)
     for k in range(4):
         rows = torch.nonzero(p.apply & (split == k)).squeeze(1)
