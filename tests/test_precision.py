@@ -7,12 +7,13 @@ import copy
 import pytest
 import torch
 
+from simclr import train
 from simclr.config import load_config
 from simclr.errors import UserError
 from simclr.loss import nt_xent
 from simclr.model import build_model
 from simclr.optim import build_optimizer
-from simclr.train import native_bf16, train_step
+from simclr.train import native_bf16, train_step, use_bf16
 
 
 def _pair() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -71,3 +72,18 @@ def test_native_bf16_reads_the_cpu_probes(monkeypatch: pytest.MonkeyPatch) -> No
         assert native_bf16() is expected
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     assert native_bf16() is False  # a torch without the probes
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_on_cuda_and_for_images_on_cpus_with_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, native: bool,
+) -> None:
+    monkeypatch.setattr(train, "native_bf16", lambda: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_bf16("auto", cpu, "image") is native
+    for modality in ("series", "text", "video", "paired"):  # not measured: float32
+        assert use_bf16("auto", cpu, modality) is False
+        assert use_bf16("auto", cuda, modality) is True
+    for device in (cpu, cuda):  # an explicit choice is kept everywhere
+        assert use_bf16("bf16", device, "series") is True
+        assert use_bf16("fp32", device, "image") is False

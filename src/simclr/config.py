@@ -211,9 +211,10 @@ class Config:
     # cuDNN; `make bench` measures it). Results differ from NCHW only by float rounding.
     channels_last: bool = True
     # Forward passes in bfloat16 autocast (the loss and the optimizer stay in float32). auto:
-    # bf16 on CUDA, where it is ~2x faster (benchmarks/gpu.sh); float32 on CPUs, where bf16 is
-    # 1.6-2x faster end to end only if the CPU computes it natively (AVX512-BF16, AMX: `simclr
-    # train` says so) and slower otherwise, and where the quality tables were measured.
+    # bf16 on CUDA, where it is ~2x faster (benchmarks/gpu.sh), and for images on CPUs that
+    # compute it natively (AVX512-BF16, AMX), 1.6-2x faster end to end with the same quality
+    # tables; float32 on other CPUs (slower there) and for the other modalities (not measured).
+    # `simclr train` logs which it chose.
     precision: str = "auto"  # auto, bf16, fp32
     compile: bool = False  # torch.compile the network, the colour jitter and the blur (a one-off compile first)
     sync_batchnorm: bool = True  # with several processes: BN statistics over the global batch

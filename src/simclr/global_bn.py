@@ -23,7 +23,9 @@ class GlobalBatchNorm(_BatchNorm):
     """BatchNorm of any rank (1-D, 2-D, 3-D) whose training statistics span every process.
 
     Two passes (mean, then centred squares) rather than E[x²] − E[x]², for the precision of
-    the single-process layer it must match.
+    the single-process layer it must match. Under bf16 autocast the statistics are computed in
+    float32, as torch's layer does (a bf16 sum or count over thousands of values is off by
+    percents), and the output keeps the input's dtype, as torch's does.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -33,6 +35,7 @@ class GlobalBatchNorm(_BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_distributed() and dist.world_size() > 1):
             return super().forward(x)
+        dtype, x = x.dtype, x.float()
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
         shape = [1, c] + [1] * (x.dim() - 2)
@@ -54,7 +57,7 @@ class GlobalBatchNorm(_BatchNorm):
                 unbiased = var * n / (n - 1).clamp(min=1)
                 self.running_mean.lerp_(mean.detach(), momentum)
                 self.running_var.lerp_(unbiased.detach(), momentum)
-        return y
+        return y.to(dtype)
 
 
 def to_global_batchnorm(module: nn.Module, cuda: bool) -> nn.Module:
