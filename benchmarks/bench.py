@@ -697,7 +697,7 @@ def bench_e2e(runner: Runner, inputs: dict[str, str], work: Path, quick: bool) -
             contenders["lightly_host_memory"] = ("lightly", {"case": "e2e_lightly", **common, "workers": 2,
                                                               "host_memory": True})
         rows = runner.alternate(contenders, 1 if encoder == "resnet18" or quick else 2)
-        results[encoder] = {"default_precision": "bf16" if default_bf16() else "fp32"} | {
+        results[encoder] = {
             name: {"images_per_s": med(r, "images_per_s"),
                    "peak_pss_mib": max(x["tree_peak_pss_mib"] for x in r), "runs": r}
             for name, r in rows.items()
@@ -777,7 +777,7 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     for encoder, entry in (get(res, "e2e") or {}).items():
         need = 3.0 if encoder == "small_cnn" else 1.2
         ours, peer = get(entry, "ours", "images_per_s"), get(entry, "lightly", "images_per_s")
-        default = entry.get("default_precision", "fp32")
+        default = get(res, "machine", "precision_auto") or "fp32"
         r = ratio(ours, peer)
         row(f"end-to-end {encoder}: ours (defaults: {default}) vs lightly loop", ours, peer, "img/s",
             f">= {need:g}x", r, None if r is None else r >= need)
@@ -796,7 +796,7 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         if fast is not None and both is not None:  # not a target: both loops with the same autocast
             row(f"end-to-end {encoder}: ours bf16 vs lightly loop with bf16 autocast", fast, both,
                 "img/s", "", ratio(fast, both), None)
-        for key, what in (("ceiling", "model step alone (the ceiling)"),
+        for key, what in (("ceiling", "model step alone in float32"),
                           ("ceiling_compiled", "model step alone compile=true"),
                           ("ceiling_bf16", "model step alone precision=bf16")):
             ceiling = get(entry, key, "images_per_s")
@@ -887,6 +887,7 @@ def main() -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                     "native_bf16": native_bf16(),
+                    "precision_auto": "bf16" if default_bf16() else "fp32",  # what `simclr train` runs for images
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "lightly_python": lightly},
         "quick": args.quick,
