@@ -81,7 +81,7 @@ def test_auto_precision_is_bf16_on_cuda_and_for_images_on_cpus_with_native_bf16(
     monkeypatch.setattr(train, "native_bf16", lambda: native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_bf16("auto", cpu, "image") is native
-    for modality in ("series", "text", "video", "paired"):  # not measured: float32
+    for modality in ("series", "text", "video"):  # not measured: float32
         assert use_bf16("auto", cpu, modality) is False
         assert use_bf16("auto", cuda, modality) is True
     for device in (cpu, cuda):  # an explicit choice is kept everywhere
