@@ -665,7 +665,9 @@ def bench_model(runner: Runner, quick: bool) -> dict[str, Any]:
     return results
 
 
-def bench_e2e(runner: Runner, inputs: dict[str, str], work: Path, quick: bool) -> dict[str, Any]:
+def bench_e2e(
+    runner: Runner, inputs: dict[str, str], work: Path, quick: bool, precision_auto: str
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     if "zip_cnn" not in inputs:
         runner.log("  end-to-end: skipped (the CIFAR-10 JPEG zip is missing)")
@@ -685,7 +687,7 @@ def bench_e2e(runner: Runner, inputs: dict[str, str], work: Path, quick: bool) -
         # "ours" runs the defaults, whose precision=auto is bf16 autocast on a CPU with native bf16
         # and float32 on others; the other precision is set by name, so both are in the table. The
         # lightly loop runs as its users write it (float32) and with the same autocast added.
-        other = "fp32" if default_bf16() else "bf16"
+        other = "fp32" if precision_auto == "bf16" else "bf16"
         contenders[f"ours_{other}"] = ("main", {"case": "e2e_ours", **common, "overrides": [f"precision={other}"]})
         contenders["ceiling_bf16"] = ("main", {**contenders["ceiling"][1], "bf16": True})
         contenders["lightly_bf16"] = ("lightly", {"case": "e2e_lightly", **common, "workers": 2, "bf16": True})
@@ -826,19 +828,6 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     return "\n".join(lines), rows
 
 
-def default_bf16() -> bool:
-    """Whether `simclr train`'s defaults (precision=auto) run images in bf16 on this CPU."""
-    from simclr.train import use_bf16  # imported here: lightly's environment has no simclr
-
-    return use_bf16("auto", torch.device("cpu"), "image")
-
-
-def native_bf16() -> bool:
-    from simclr.train import native_bf16 as probe
-
-    return probe()
-
-
 def cpu_name() -> str:
     """The CPU's model name (the figures depend on it: bf16, for one, is fast only where the
     CPU multiplies bf16 natively)."""
@@ -877,6 +866,8 @@ def main() -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    from simclr.train import native_bf16, use_bf16  # here: lightly's environment has no simclr
+
     lightly = find_lightly(args.lightly_python)
     if lightly is None:
         log("lightly is not available (run `make bench`, which makes .venv-bench): its columns stay empty")
@@ -887,7 +878,8 @@ def main() -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                     "native_bf16": native_bf16(),
-                    "precision_auto": "bf16" if default_bf16() else "fp32",  # what `simclr train` runs for images
+                    # what `simclr train` runs images in here with precision=auto (its defaults)
+                    "precision_auto": "bf16" if use_bf16("auto", torch.device("cpu"), "image") else "fp32",
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "lightly_python": lightly},
         "quick": args.quick,
@@ -910,7 +902,7 @@ def main() -> int:
             res["model"] = bench_model(runner, args.quick)
         if "e2e" in suites:
             log("end to end")
-            res["e2e"] = bench_e2e(runner, inputs, work, args.quick)
+            res["e2e"] = bench_e2e(runner, inputs, work, args.quick, res["machine"]["precision_auto"])
     res["total_s"] = time.perf_counter() - started
     text, rows = table(res)
     res["table"] = rows
