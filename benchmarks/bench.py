@@ -15,6 +15,7 @@ One table of ratios is printed, and every figure goes to benchmarks/results.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -501,10 +502,8 @@ class Runner:
         while proc.poll() is None and time.perf_counter() - start < self.timeout:
             pids = [proc.pid, *_children(proc.pid)]
             peak_kib = max(peak_kib, sum(_pss_kib(p) for p in pids))
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the process ended, or a second went by
                 proc.wait(timeout=PSS_EVERY_S)
-            except subprocess.TimeoutExpired:
-                pass
         if proc.poll() is None:
             proc.kill()
         stdout, stderr = proc.communicate()
@@ -709,6 +708,11 @@ def bench_e2e(
             contenders["lightly_host_memory"] = ("lightly", {"case": "e2e_lightly", **common, "workers": 2,
                                                               "host_memory": True})
         rows = runner.alternate(contenders, 1 if encoder == "resnet18" or quick else 2)
+        if encoder == "small_cnn" and not quick:
+            # The target's pair gets two more rounds: its margin is thin and single runs of ours
+            # move by ±15 % (two threads on two cores: any other load stalls both).
+            for name, more in runner.alternate({k: contenders[k] for k in ("ours", "lightly")}, 2).items():
+                rows[name] = rows.get(name, []) + more
         results[encoder] = {
             name: {"images_per_s": med(r, "images_per_s"),
                    "peak_pss_mib": max(x["tree_peak_pss_mib"] for x in r), "runs": r}
@@ -791,8 +795,10 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         ours, peer = get(entry, "ours", "images_per_s"), get(entry, "lightly", "images_per_s")
         default = get(res, "machine", "precision_auto") or "fp32"
         r = ratio(ours, peer)
+        paired = zip(get(entry, "ours", "runs") or [], get(entry, "lightly", "runs") or [], strict=False)
+        rounds = [a["images_per_s"] / b["images_per_s"] for a, b in paired]  # the spread, not the verdict
         row(f"end-to-end {encoder}: ours (defaults: {default}) vs lightly loop", ours, peer, "img/s",
-            f">= {need:g}x", r, None if r is None else r >= need)
+            f">= {need:g}x", r, None if r is None else r >= need, rounds if len(rounds) > 1 else None)
         compiled = get(entry, "ours_compiled", "images_per_s")
         if compiled is not None:  # from step 2: the compilation itself is in step 1
             rc = ratio(compiled, peer)
