@@ -467,9 +467,10 @@ def _children(pid: int) -> list[int]:
 
 
 # How often the parent reads the process tree's memory. Reading smaps_rollup walks the page
-# tables: ~14 ms of CPU for a 1 GiB process. Every 50 ms, that slowed the measured loop by
-# 20-30 % on 2 cores (the small CNN end to end: 780-970 -> 1,050-1,200 images/s unwatched);
-# once a second, the peak of a steady training loop is still seen every step or two.
+# tables: ~14 ms of CPU for a 1 GiB process. Every 50 ms, that slowed the measured loops by
+# 20-35 % on 2 cores, both sides (the small CNN end to end, interleaved: ours 606 -> 804 images/s,
+# the lightly loop 228 -> 311); once a second, a steady training loop's peak is still seen every
+# step or two.
 PSS_EVERY_S = 1.0
 
 
