@@ -732,6 +732,13 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def round_ratios(suite: dict[str, Any], mine: str, peer: str, key: str) -> list[float]:
+    """Each round's own ratio of `key` (the i-th run of each ran in the same round). The verdict is
+    on the ratio of the medians; these show its spread."""
+    paired = zip(get(suite, mine, "runs") or [], get(suite, peer, "runs") or [], strict=False)
+    return [a[key] / b[key] for a, b in paired]
+
+
 def get(d: dict[str, Any], *keys: str) -> Any:
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -757,9 +764,7 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
                 other = get(aug, peer, "per_core")
                 r = ratio(ours, other)
                 if other is not None and ours is not None:
-                    # The ratio is of the medians; each round's own ratio shows the spread (not the verdict).
-                    paired = zip(get(aug, mine, "runs") or [], get(aug, peer, "runs") or [], strict=False)
-                    rounds = [a["per_core"] / b["per_core"] for a, b in paired]
+                    rounds = round_ratios(aug, mine, peer, "per_core")
                     row(f"augment {size}, per core: {label} vs {peer}", ours, other, "img/s/core", f">= {need:g}x",
                         r, None if r is None else r >= need, rounds if len(rounds) > 1 else None)
     for n, entry in (get(res, "loss") or {}).items():
@@ -796,8 +801,7 @@ def table(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         ours, peer = get(entry, "ours", "images_per_s"), get(entry, "lightly", "images_per_s")
         default = get(res, "machine", "precision_auto") or "fp32"
         r = ratio(ours, peer)
-        paired = zip(get(entry, "ours", "runs") or [], get(entry, "lightly", "runs") or [], strict=False)
-        rounds = [a["images_per_s"] / b["images_per_s"] for a, b in paired]  # the spread, not the verdict
+        rounds = round_ratios(entry, "ours", "lightly", "images_per_s")
         row(f"end-to-end {encoder}: ours (defaults: {default}) vs lightly loop", ours, peer, "img/s",
             f">= {need:g}x", r, None if r is None else r >= need, rounds if len(rounds) > 1 else None)
         compiled = get(entry, "ours_compiled", "images_per_s")

@@ -532,7 +532,7 @@ def _jitter_chained(x: torch.Tensor, p: JitterParams, kernels: Kernels, grey: to
     rows = torch.nonzero(~p.apply).squeeze(1)
     if rows.numel():  # not jittered: converted, and the luma where grey (no slots, no hue, no mean)
         none = pre[:1, :, :0]
-        kernels.chain_out_rows(out, rows, x, none, None, None, none, mean[:1], grey.index_select(0, rows))
+        kernels.chain_out_rows(out, rows, x, none, None, None, none, mean[:1], *_rows(rows, grey))
     return out
 
 
