@@ -352,18 +352,22 @@ def case_e2e_ours(p: dict[str, Any]) -> dict[str, Any]:
 
 def case_e2e_ceiling(p: dict[str, Any]) -> dict[str, Any]:
     """The ceiling of any loop with this model: `simclr train`'s step (same model, batch, LARS,
-    loss, channels_last, threads) on two fixed batches of views, with no data or augmentation;
+    loss, channels_last, threads, weight gradients) on two fixed batches of views, with no data or augmentation;
     with `compile`, the network through torch.compile as `compile=true` does; with `bf16`, the
     forward under bf16 autocast as `precision=bf16` does."""
     from simclr.config import Config
-    from simclr.train import train_step
+    from simclr.conv_grads import per_thread_weight_grads
+    from simclr.train import train_step, weight_grads_per_thread
 
     model, optimizer, _, _ = step_setup({**p, "channels": 3, "size": 32})
-    layout = torch.channels_last if Config().channels_last else torch.contiguous_format
+    cfg = Config(compile=bool(p.get("compile")))
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
-    net: torch.nn.Module = torch.compile(model) if p.get("compile") else model  # type: ignore[assignment]
-    x1, x2 = (torch.rand(p["batch"], 3, 32, 32).contiguous(memory_format=layout) for _ in range(2))
     bf16 = bool(p.get("bf16"))
+    if weight_grads_per_thread(cfg, torch.device("cpu"), bf16):  # as `simclr train` decides
+        per_thread_weight_grads(model)
+    net: torch.nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
+    x1, x2 = (torch.rand(p["batch"], 3, 32, 32).contiguous(memory_format=layout) for _ in range(2))
     for _ in range(2 if p.get("compile") else 1):  # warm-up (compiling: the forward, then the backward)
         train_step(net, optimizer, x1, x2, TEMPERATURE, bf16)
     start = time.perf_counter()
