@@ -7,9 +7,10 @@ threads and reduces their partial sums. On the 2-core machine it runs in one of 
 flip between processes and over minutes: the small CNN's three strided layers at 1,024 views take
 134-146 ms, or 234-258 ms with both threads busy throughout (twice the CPU time for the same
 work). One single-threaded call per half of the batch, on two threads, took 121-132 ms in either
-mode (a minute of alternating measurements). In float32, and for ResNet-18's layers when the
-kernel is in its fast mode, the per-thread split measured 5-15 % slower, so `auto` uses it only
-for bf16 (train.py, `conv_weight_grads`).
+mode (a minute of alternating measurements). In float32 (a different kernel, which did not flip)
+the split measured 5-15 % slower per layer, so `auto` uses it only in bf16 (train.py,
+`conv_weight_grads`); ResNet-18's bf16 step at batch 256 took the same time either way (4.26-4.87
+against 4.29-4.77 s, interleaved).
 
 The forward pass, the input gradient and the bias gradient are oneDNN's as usual; only the weight
 gradient's computation changes, to a sum in another order (float rounding).
