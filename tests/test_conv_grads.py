@@ -125,6 +125,7 @@ def test_auto_splits_only_bf16_eager_training_on_a_multithreaded_cpu(threads: No
     assert weight_grads_per_thread(Config(), cpu, bf16=True)
     assert not weight_grads_per_thread(Config(), cpu, bf16=False)  # float32: measured slower
     assert not weight_grads_per_thread(Config(compile=True), cpu, bf16=True)
+    assert not weight_grads_per_thread(Config(compile=True, conv_weight_grads="per_thread"), cpu, bf16=True)
     assert not weight_grads_per_thread(Config(), cuda, bf16=True)
     assert not weight_grads_per_thread(Config(conv_weight_grads="onednn"), cpu, bf16=True)
     assert weight_grads_per_thread(Config(conv_weight_grads="per_thread"), cpu, bf16=False)

@@ -219,7 +219,7 @@ class Config:
     # How convolutions' weight gradients are computed on a CPU with several threads: per_thread
     # (each thread its share of the batch, single-threaded, summed: steadier and faster in bf16
     # on the 2-core machine, simclr/conv_grads.py), onednn (one call all threads share), auto
-    # (per_thread when training in bf16 on the CPU in eager mode; onednn otherwise).
+    # (per_thread when training in bf16; onednn in float32). Never with compile=true.
     conv_weight_grads: str = "auto"  # auto, per_thread, onednn
     compile: bool = False  # torch.compile the network, the colour jitter and the blur (a one-off compile first)
     sync_batchnorm: bool = True  # with several processes: BN statistics over the global batch

@@ -169,11 +169,12 @@ def use_bf16(precision: str, device: torch.device, modality: str) -> bool:
 
 def weight_grads_per_thread(cfg: Config, device: torch.device, bf16: bool) -> bool:
     """Whether convolutions compute their weight gradients per thread (simclr/conv_grads.py).
-    auto: in bf16 on the CPU, eager (torch.compile traces the network as it is), where it was
-    measured steadier and faster; not in float32, where it measured 5-15 % slower per layer."""
-    if device.type != "cpu" or torch.get_num_threads() < 2 or cfg.conv_weight_grads == "onednn":
+    Only eager on the CPU with several threads (torch.compile gets the network as it is); auto:
+    in bf16, where it was measured steadier and faster; not in float32, where it measured 5-15 %
+    slower per layer."""
+    if device.type != "cpu" or torch.get_num_threads() < 2 or cfg.compile or cfg.conv_weight_grads == "onednn":
         return False
-    return cfg.conv_weight_grads == "per_thread" or (bf16 and not cfg.compile)
+    return cfg.conv_weight_grads == "per_thread" or bf16
 
 
 def native_bf16() -> bool:
