@@ -368,7 +368,7 @@ def case_e2e_ceiling(p: dict[str, Any]) -> dict[str, Any]:
         per_thread_weight_grads(model)
     net: torch.nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
     x1, x2 = (torch.rand(p["batch"], 3, 32, 32).contiguous(memory_format=layout) for _ in range(2))
-    for _ in range(2 if p.get("compile") else 1):  # warm-up (compiling: the forward, then the backward)
+    for _ in range(2 if cfg.compile else 1):  # warm-up (compiling: the forward, then the backward)
         train_step(net, optimizer, x1, x2, TEMPERATURE, bf16)
     start = time.perf_counter()
     for _ in range(p["steps"]):
