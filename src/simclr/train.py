@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from simclr import dist
+from simclr import block_cache, dist
 from simclr.augment import two_views
 from simclr.checkpoint import restore_rng, rng_state, save_encoder, save_training_checkpoint
 from simclr.config import Config, save_config
@@ -355,6 +355,8 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     if any(isinstance(m, PerThreadWeightGradConv2d) for m in run.model.modules()):
         log.info("convolution weight gradients: per thread, %d threads (conv_weight_grads=%s)",
                  torch.get_num_threads(), cfg.conv_weight_grads)
+    if run.device.type == "cpu":
+        log.info("host memory: block cache %s", block_cache.STATE)
     metrics = run.out / "metrics.jsonl"
     if main and resume_state is not None and not metrics.exists():  # the run directory lost it
         metrics.write_text(resume_state.get("metrics", ""))
