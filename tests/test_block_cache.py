@@ -67,19 +67,41 @@ blocks = [torch.empty(mb << 20, dtype=torch.uint8) for mb in (2, 4, 6, 8, 10)]  
 ptrs = [t.data_ptr() for t in blocks]
 for i in range(5):  # freed in this order: 2, 4, 6, 8, 10 MB
     blocks[i] = None
-idle = block_cache.stats()["idle_bytes"]
+before = block_cache.stats()
 newest = torch.empty(10 << 20, dtype=torch.uint8)  # kept: the most recently freed
-oldest = torch.empty(2 << 20, dtype=torch.uint8)  # handed back to the system
-print(json.dumps({"idle": idle, "newest_reused": newest.data_ptr() == ptrs[4],
-                  "oldest_reused": oldest.data_ptr() == ptrs[0], **block_cache.stats()}))
+after_newest = block_cache.stats()
+oldest = torch.empty(2 << 20, dtype=torch.uint8)  # handed back to the system: mapped afresh
+after_oldest = block_cache.stats()
+print(json.dumps({"idle": before["idle_bytes"], "newest_reused": newest.data_ptr() == ptrs[4],
+                  "newest_hit": after_newest["hits"] - before["hits"],
+                  "oldest_missed": after_oldest["misses"] - after_newest["misses"]}))
 """
+
+
+RETURNED = """
+import json, torch
+from simclr import block_cache
+block_cache.install(max_idle_bytes=8 << 20)
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+before = rss()
+x = torch.ones(64 << 20, dtype=torch.uint8)
+held = rss()
+del x  # over the limit: unmapped, not kept in glibc's heap
+print(json.dumps({"held": held - before, "after": rss() - before, **block_cache.stats()}))
+"""
+
+
+def test_a_block_over_the_limit_leaves_the_process(cache_home: Path) -> None:
+    r = run(RETURNED, cache_home)
+    assert r["held"] >= 60 * MIB and r["after"] < 4 * MIB and r["idle_bytes"] == 0, r
 
 
 def test_idle_blocks_stay_under_the_limit_oldest_handed_back_first(cache_home: Path) -> None:
     r = run(BOUND, cache_home)
     # 2+4+6 kept; 8 makes 20 > 16 MB: 2 and 4 go; 10 makes 24: 6 and 8 go.
     assert r["idle"] == 10 * MIB, r
-    assert r["newest_reused"] and not r["oldest_reused"]
+    assert r["newest_reused"] and r["newest_hit"] == 1 and r["oldest_missed"] == 1
 
 
 STEPS = """

@@ -4,16 +4,20 @@
 // Why: a training step allocates and frees the same large tensors every time. glibc maps
 // blocks above 32 MB afresh and unmaps them on free, so the kernel faults in and zeroes their
 // pages again at every step (system time 25-300 ms per step of the small CNN on 2 cores);
-// telling glibc to keep every block instead fragments its heap without bound. Here only
-// blocks of at least `min_bytes` are kept, by exact size rounded up to 2 MB, and never more
-// than `max_idle_bytes` of them: the least recently freed are handed back first.
-// Everything else goes to PyTorch's own alloc_cpu / free_cpu, as before.
+// telling glibc to keep every block instead fragments its heap without bound. Here blocks of
+// at least `min_bytes` are mapped from the kernel directly and kept when freed, by exact size
+// rounded up to 2 MB, never more than `max_idle_bytes` of them: the least recently freed are
+// unmapped first. Smaller blocks go to PyTorch's own alloc_cpu / free_cpu, as before.
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <list>
 #include <map>
 #include <mutex>
@@ -28,6 +32,7 @@ class BlockCache final : public c10::Allocator {
  public:
   std::size_t min_bytes = 0;
   std::size_t max_idle_bytes = 0;
+  bool huge_pages = false;  // madvise(MADV_HUGEPAGE), as PyTorch does with THP_MEM_ALLOC_ENABLE=1
   std::size_t idle_bytes = 0, hits = 0, misses = 0;
   std::mutex mu;
 
@@ -58,7 +63,7 @@ class BlockCache final : public c10::Allocator {
     idle_.emplace_front(size, p);
     by_size_.emplace(size, idle_.begin());
     idle_bytes += size;
-    std::list<std::pair<std::size_t, void*>> evicted;
+    Idle evicted;
     while (idle_bytes > max_idle_bytes) {  // the least recently freed go back to the system
       auto& [old_size, old_p] = idle_.back();
       auto range = by_size_.equal_range(old_size);
@@ -72,7 +77,7 @@ class BlockCache final : public c10::Allocator {
       evicted.splice(evicted.end(), idle_, std::prev(idle_.end()));
     }
     lock.unlock();
-    for (auto& block : evicted) c10::free_cpu(block.second);
+    for (auto& [old_size, old_p] : evicted) munmap(old_p, old_size);
   }
 
   std::size_t live_blocks() {
@@ -85,6 +90,23 @@ class BlockCache final : public c10::Allocator {
   Idle idle_;
   std::multimap<std::size_t, Idle::iterator> by_size_;
   std::unordered_map<void*, std::size_t> live_;  // handed out, of at least min_bytes
+
+  // Straight from the kernel, 2 MB aligned (huge pages need it), so that a block handed back
+  // really leaves the process; in glibc's heap it would stay and fragment it.
+  void* map(std::size_t size) const {
+    std::size_t span = size + kRound;
+    void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TORCH_CHECK_WITH(OutOfMemoryError, raw != MAP_FAILED, "not enough memory: you tried to allocate ", size,
+                     " bytes (simclr's CPU block cache; SIMCLR_BLOCK_CACHE_MIB=0 turns it off).");
+    auto start = reinterpret_cast<std::uintptr_t>(raw);
+    auto aligned = (start + kRound - 1) / kRound * kRound;
+    if (aligned > start) munmap(raw, aligned - start);
+    std::size_t tail = start + span - (aligned + size);
+    if (tail) munmap(reinterpret_cast<void*>(aligned + size), tail);
+    void* p = reinterpret_cast<void*>(aligned);
+    if (huge_pages) madvise(p, size, MADV_HUGEPAGE);
+    return p;
+  }
 
   static std::size_t round_up(std::size_t n) { return (n + kRound - 1) / kRound * kRound; }
 
@@ -103,7 +125,7 @@ class BlockCache final : public c10::Allocator {
         ++misses;
       }
     }
-    if (p == nullptr) p = c10::alloc_cpu(size);  // outside the lock: it may fault in pages
+    if (p == nullptr) p = map(size);  // outside the lock
     std::lock_guard<std::mutex> lock(mu);
     live_.emplace(p, size);
     return p;
@@ -130,6 +152,8 @@ int simclr_block_cache_install(std::size_t min_bytes, std::size_t max_idle_bytes
   cache.min_bytes = min_bytes;
   cache.max_idle_bytes = max_idle_bytes;
   if (!installed) {
+    const char* thp = std::getenv("THP_MEM_ALLOC_ENABLE");
+    cache.huge_pages = thp != nullptr && std::strcmp(thp, "1") == 0;
     pthread_atfork(before_fork, after_fork, after_fork);
     c10::SetCPUAllocator(&cache, /*priority=*/1);
     installed = true;
