@@ -5,8 +5,8 @@ PyTorch has no CPU caching allocator outside its mobile build, and glibc either 
 above 32 MB back at every free (pages faulted in and zeroed again each step) or, told to keep
 them all, lets its heap fragment and grow step after step. This maps blocks of 1 MB and more
 itself and keeps them, by size, with at most `max_idle_bytes` idle (the least recently freed
-unmapped first). Measured on 2 cores, small CNN at batch 512 in bf16: steps 380-410 ms and
-steady, system time about 1 ms, against 400-700 ms with 25-400 ms of system time; `simclr
+unmapped first). Measured on 2 cores, small CNN at batch 512 in bf16: median steps 380-442 ms,
+system time about 1 ms, against 427-471 ms with 113-119 ms on average (single steps to 740); `simclr
 train` end to end 1,221-1,241 against 1,021-1,023 images/s, its peak memory 1,510 against
 1,366-1,388 MiB (the model's idle blocks wait through the augmentation). ResNet-18 at batch
 256: bf16 steps 0.86x the time, peak 2,468 against 2,547 MiB; float32 3,813 against 3,502.
