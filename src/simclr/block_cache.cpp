@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -30,7 +31,7 @@ constexpr std::size_t kRound = std::size_t(2) << 20;  // huge-page multiples (TH
 
 class BlockCache final : public c10::Allocator {
  public:
-  std::size_t min_bytes = 0;
+  std::atomic<std::size_t> min_bytes{0};  // read without the lock by every allocation
   std::size_t max_idle_bytes = 0;
   bool huge_pages = false;  // madvise(MADV_HUGEPAGE), as PyTorch does with THP_MEM_ALLOC_ENABLE=1
   std::size_t idle_bytes = 0, hits = 0, misses = 0;

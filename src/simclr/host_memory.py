@@ -37,6 +37,7 @@ def reuse_host_memory() -> bool:
 
 
 def glibc_thresholds() -> bool:
+    """glibc's mmap and trim thresholds, unless the user set MALLOC_MMAP_THRESHOLD_."""
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
