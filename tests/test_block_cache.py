@@ -26,14 +26,14 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("xdg-cache")
+    return tmp_path_factory.mktemp("cache-home")
 
 
 def run(code: str, cache_home: Path, **env: str) -> dict[str, Any]:
     """Run `code` in a fresh interpreter; it prints one JSON line last."""
     clean = {k: v for k, v in os.environ.items() if k not in ("SIMCLR_BLOCK_CACHE_MIB", "CXX")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**clean, "XDG_CACHE_HOME": str(cache_home), **env})
+                          env={**clean, "SIMCLR_CACHE": str(cache_home / "simclr"), **env})
     assert done.returncode == 0, done.stderr[-2000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -167,7 +167,7 @@ def test_without_a_compiler_or_when_turned_off_nothing_changes(cache_home: Path,
 
 def test_concurrent_first_builds_both_succeed(tmp_path: Path) -> None:
     """torchrun starts every rank at once on an empty cache: each builds privately, then renames."""
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env = {**os.environ, "SIMCLR_CACHE": str(tmp_path / "simclr")}
     procs = [subprocess.Popen([sys.executable, "-c", STATE], stdout=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
     outs = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]

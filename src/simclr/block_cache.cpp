@@ -81,9 +81,13 @@ class BlockCache final : public c10::Allocator {
     for (auto& [old_size, old_p] : evicted) munmap(old_p, old_size);
   }
 
-  std::size_t live_blocks() {
+  // hits, misses, idle bytes, live large blocks
+  void stats(std::size_t* out) {
     std::lock_guard<std::mutex> lock(mu);
-    return live_.size();
+    out[0] = hits;
+    out[1] = misses;
+    out[2] = idle_bytes;
+    out[3] = live_.size();
   }
 
  private:
@@ -100,7 +104,7 @@ class BlockCache final : public c10::Allocator {
     TORCH_CHECK_WITH(OutOfMemoryError, raw != MAP_FAILED, "not enough memory: you tried to allocate ", size,
                      " bytes (simclr's CPU block cache; SIMCLR_BLOCK_CACHE_MIB=0 turns it off).");
     auto start = reinterpret_cast<std::uintptr_t>(raw);
-    auto aligned = (start + kRound - 1) / kRound * kRound;
+    auto aligned = round_up(start);
     if (aligned > start) munmap(raw, aligned - start);
     std::size_t tail = start + span - (aligned + size);
     if (tail) munmap(reinterpret_cast<void*>(aligned + size), tail);
@@ -112,21 +116,21 @@ class BlockCache final : public c10::Allocator {
   static std::size_t round_up(std::size_t n) { return (n + kRound - 1) / kRound * kRound; }
 
   void* take(std::size_t size) {
-    void* p = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu);
       auto it = by_size_.find(size);
       if (it != by_size_.end()) {
-        p = it->second->second;
+        void* p = it->second->second;
         idle_.erase(it->second);
         by_size_.erase(it);
         idle_bytes -= size;
         ++hits;
-      } else {
-        ++misses;
+        live_.emplace(p, size);
+        return p;
       }
+      ++misses;
     }
-    if (p == nullptr) p = map(size);  // outside the lock
+    void* p = map(size);  // outside the lock: mapping may take a while
     std::lock_guard<std::mutex> lock(mu);
     live_.emplace(p, size);
     return p;
@@ -163,12 +167,5 @@ int simclr_block_cache_install(std::size_t min_bytes, std::size_t max_idle_bytes
 }
 
 // hits, misses, idle bytes, live large blocks
-void simclr_block_cache_stats(std::size_t* out) {
-  std::size_t live = cache.live_blocks();
-  std::lock_guard<std::mutex> lock(cache.mu);
-  out[0] = cache.hits;
-  out[1] = cache.misses;
-  out[2] = cache.idle_bytes;
-  out[3] = live;
-}
+void simclr_block_cache_stats(std::size_t* out) { cache.stats(out); }
 }

@@ -1,5 +1,5 @@
 """Keep freed large CPU blocks for the next step: a small allocator built once with the C++
-compiler, cached per user (block_cache.cpp says why).
+compiler, cached per user beside the decoded images (block_cache.cpp says why).
 
 PyTorch has no CPU caching allocator outside its mobile build, and glibc either hands blocks
 above 32 MB back at every free (pages faulted in and zeroed again each step) or, told to keep
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from simclr.data.cache import default_cache_dir  # beside the decoded images: $SIMCLR_CACHE
+
 MIN_BLOCK_BYTES = 1 << 20  # smaller blocks stay with glibc, which keeps them in its heap
 DEFAULT_MAX_IDLE_BYTES = 2 << 30
 ENV = "SIMCLR_BLOCK_CACHE_MIB"  # the most idle MiB to keep; 0 turns the cache off
@@ -44,11 +46,6 @@ def default_max_idle_bytes() -> int:
     except (ValueError, OSError, AttributeError):
         return DEFAULT_MAX_IDLE_BYTES
     return min(DEFAULT_MAX_IDLE_BYTES, ram // 8)
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "simclr"
 
 
 def build(compiler: str, out_dir: Path) -> Path:
@@ -94,7 +91,7 @@ def install(max_idle_bytes: int | None = None, min_block_bytes: int = MIN_BLOCK_
         return False
     if _lib is None:
         try:
-            _lib = ctypes.CDLL(str(build(compiler, cache_dir())))
+            _lib = ctypes.CDLL(str(build(compiler, default_cache_dir())))
         except (OSError, subprocess.SubprocessError) as e:
             STATE = f"off ({e})"
             return False
