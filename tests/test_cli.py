@@ -14,8 +14,8 @@ from conftest import TEST_DEVICE
 from safetensors.torch import load_file
 
 from simclr.config import load_config
+from simclr.device import native_bf16
 from simclr.model import build_encoder, build_model
-from simclr.train import native_bf16
 
 TIMEOUT = 300  # seconds; the 1-epoch run takes ~10 s on 2 cores
 

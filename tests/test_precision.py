@@ -7,13 +7,14 @@ import copy
 import pytest
 import torch
 
-from simclr import train
+from simclr import device as device_module
 from simclr.config import load_config
+from simclr.device import NATIVE_BF16_ENV, native_bf16, use_bf16
 from simclr.errors import UserError
 from simclr.loss import nt_xent
 from simclr.model import build_model
 from simclr.optim import build_optimizer
-from simclr.train import native_bf16, train_step, use_bf16
+from simclr.train import train_step
 
 
 def _pair() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -23,18 +24,76 @@ def _pair() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor, torch.Tenso
     return model, copy.deepcopy(model), x1, x2
 
 
-def test_bf16_step_matches_float32_within_bf16_rounding() -> None:
-    fp32, bf16, x1, x2 = _pair()
-    opt32 = build_optimizer(fp32, "lars", 0.3, 1e-6)
+# bf16 keeps 8 significant bits: rounding to it errs by at most U16 relative; float32 by U32.
+U16, U32 = 2.0**-8, 2.0**-24
+
+
+def bf16_error_bound(terms: int) -> float:
+    """Relative to sum |x_k w_k|: the most a bf16 autocast product of `terms` terms may err.
+    Inputs and weights are rounded to bf16 (U16 each), their products are exact in float32,
+    the sum accumulates in float32 (gamma_K = K U32 / (1 - K U32)) and the output is rounded to
+    bf16 (U16 again). Doubled: a blocked or reordered algorithm may round a partial sum twice."""
+    gamma = terms * U32 / (1 - terms * U32)
+    return 2 * ((1 + U16) ** 3 * (1 + gamma) - 1)
+
+
+def _check_layer(forward: object, layer: torch.nn.Module, x: torch.Tensor, terms: int) -> None:
+    assert callable(forward)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = forward(layer, x)
+    assert y.dtype == torch.bfloat16
+    exact = forward(copy.deepcopy(layer).double(), x.double())  # float64: the reference
+    scale = forward(_absolute(layer), x.double().abs())  # sum |x_k w_k| (+ |b|) per output
+    err = (y.double() - exact).abs()
+    assert (err <= bf16_error_bound(terms) * scale).all(), (err / scale).max().item()
+    # Not vacuous: the output was really computed in bf16, beyond any float32 rounding.
+    assert (err > 2 * terms * U32 * scale).any()
+
+
+def _absolute(layer: torch.nn.Module) -> torch.nn.Module:
+    out = copy.deepcopy(layer).double()
+    with torch.no_grad():
+        for p in out.parameters():
+            p.abs_()
+    return out
+
+
+def test_bf16_convolution_is_within_the_bf16_bound_of_float64_on_any_cpu() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 32, 3, padding=1)
+    _check_layer(lambda m, x: m(x), conv, torch.randn(4, 16, 12, 12), terms=16 * 9 + 1)
+
+
+def test_bf16_linear_is_within_the_bf16_bound_of_float64_on_any_cpu() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(512, 64)
+    _check_layer(lambda m, x: m(x), linear, torch.randn(32, 512), terms=512 + 1)
+
+
+def test_bf16_step_stays_within_bf16_rounding_of_the_float64_step() -> None:
+    """The whole step: loss and gradients under autocast against the same network in float64.
+    Each of the D weight layers (4 convolutions, 2 linear) adds its rounding, so the bound is
+    D times one layer's (16 U16: bf16_error_bound plus the error BatchNorm passes on)."""
+    fp64, bf16, x1, x2 = _pair()
+    fp64.double()
+    depth = sum(isinstance(m, torch.nn.Conv2d | torch.nn.Linear) for m in bf16.modules())
+    bound = depth * 16 * U16
     opt16 = build_optimizer(bf16, "lars", 0.3, 1e-6)
-    loss32 = train_step(fp32, opt32, x1, x2, 0.5, bf16=False)
-    loss16 = train_step(bf16, opt16, x1, x2, 0.5, bf16=True)
+    loss64 = nt_xent(*fp64(x1.double(), x2.double()), 0.5)
+    loss64.backward()
+    bf16.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z1, z2 = bf16(x1, x2)
+    loss16 = nt_xent(z1.float(), z2.float(), 0.5)
+    loss16.backward()
     assert loss16.dtype == torch.float32  # the loss is computed outside autocast
-    assert abs(loss16.item() - loss32.item()) / loss32.item() < 1e-2
-    assert loss16.item() != loss32.item()  # autocast really ran in bf16
-    for p32, p16 in zip(fp32.parameters(), bf16.parameters(), strict=True):
-        assert p16.dtype == torch.float32  # master weights stay float32
-        torch.testing.assert_close(p16, p32, rtol=0, atol=5e-3)
+    assert abs(loss16.item() - loss64.item()) <= bound * loss64.item()
+    assert abs(loss16.item() - loss64.item()) > 4 * U32 * loss64.item()  # autocast really ran in bf16
+    for p16, p64 in zip(bf16.parameters(), fp64.parameters(), strict=True):
+        assert p16.dtype == torch.float32 and p16.grad is not None and p64.grad is not None
+        assert (p16.grad.double() - p64.grad).norm() <= bound * p64.grad.norm()
+    opt16.step()
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())  # master weights stay float32
 
 
 def test_bf16_loss_is_nt_xent_of_the_bf16_projections_in_float32() -> None:
@@ -66,6 +125,7 @@ def test_precision_is_validated() -> None:
 
 
 def test_native_bf16_reads_the_cpu_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(NATIVE_BF16_ENV, raising=False)
     for avx512_bf16, amx, expected in ((True, False, True), (False, True, True), (False, False, False)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
@@ -74,11 +134,23 @@ def test_native_bf16_reads_the_cpu_probes(monkeypatch: pytest.MonkeyPatch) -> No
     assert native_bf16() is False  # a torch without the probes
 
 
+def test_the_environment_overrides_the_cpu_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: True, raising=False)
+    monkeypatch.setenv(NATIVE_BF16_ENV, "0")
+    assert native_bf16() is False
+    assert use_bf16("auto", torch.device("cpu"), "image") is False
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    monkeypatch.setenv(NATIVE_BF16_ENV, "1")
+    assert native_bf16() is True
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_on_cuda_and_for_images_on_cpus_with_native_bf16(
     monkeypatch: pytest.MonkeyPatch, native: bool,
 ) -> None:
-    monkeypatch.setattr(train, "native_bf16", lambda: native)
+    monkeypatch.setattr(device_module, "native_bf16", lambda: native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_bf16("auto", cpu, "image") is native
     for modality in ("series", "text", "video"):  # not measured: float32

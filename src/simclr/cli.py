@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simclr.errors import UserError
-from simclr.host_memory import reuse_host_memory
 
 if TYPE_CHECKING:
     from simclr.config import Config
@@ -125,9 +124,9 @@ def with_overrides(saved: Config, overrides: list[str], run_dir: Path) -> Config
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from simclr.device import resolve_device
     from simclr.experiment import evaluate_encoder, load_datasets, load_trained_encoder, load_trained_head
     from simclr.metrics import format_table
-    from simclr.train import resolve_device
 
     run_dir = Path(args.run_dir)
     cfg, encoder, shape = load_trained_encoder(run_dir)
@@ -149,9 +148,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    from simclr.device import resolve_device
     from simclr.embed import embed_to_file
     from simclr.experiment import load_source, load_trained_encoder
-    from simclr.train import resolve_device
 
     cfg, encoder, shape = load_trained_encoder(Path(args.run_dir))
     device = resolve_device(cfg.device)
@@ -170,10 +169,10 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from simclr.device import resolve_device
     from simclr.experiment import load_datasets, load_trained_encoder
     from simclr.modality import get
     from simclr.report import build_report
-    from simclr.train import resolve_device
 
     run_dir = Path(args.run_dir)
     cfg, encoder, shape = load_trained_encoder(run_dir)
@@ -189,11 +188,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_distill(args: argparse.Namespace) -> None:
     import torch
 
+    from simclr.device import resolve_device
     from simclr.distill import distill_experiment, teacher_layer
     from simclr.experiment import load_datasets, load_source, load_trained_encoder, load_trained_head
     from simclr.metrics import format_table
     from simclr.model import ENCODERS
-    from simclr.train import resolve_device
 
     run_dir = Path(args.run_dir)
     cfg, encoder, shape = load_trained_encoder(run_dir)
@@ -251,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     # Under torchrun only rank 0 reports progress; the others speak only of problems.
     quiet = os.environ.get("RANK", "0") != "0"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
-    reuse_host_memory()  # before the first large tensor
     try:
         args = parse(argv)
         COMMANDS[args.command](args)

@@ -211,16 +211,9 @@ class Config:
     # cuDNN; `make bench` measures it). Results differ from NCHW only by float rounding.
     channels_last: bool = True
     # Forward passes in bfloat16 autocast (the loss and the optimizer stay in float32). auto:
-    # bf16 on CUDA, where it is ~2x faster (benchmarks/gpu.sh), and for images on CPUs that
-    # compute it natively (AVX512-BF16, AMX), 1.6-2x faster end to end with the same quality
-    # tables; float32 on other CPUs (slower there) and for the other modalities (not measured).
-    # `simclr train` logs which it chose.
+    # bf16 on CUDA, and for images on CPUs that compute it natively (AVX512-BF16, AMX); float32
+    # elsewhere (emulated bf16 is slower than float32). `simclr train` logs which it chose.
     precision: str = "auto"  # auto, bf16, fp32
-    # How convolutions' weight gradients are computed on a CPU with several threads: per_thread
-    # (each thread its share of the batch, single-threaded, summed: steadier and faster in bf16
-    # on the 2-core machine, simclr/conv_grads.py), onednn (one call all threads share), auto
-    # (per_thread when training in bf16; onednn in float32). Never with compile=true.
-    conv_weight_grads: str = "auto"  # auto, per_thread, onednn
     compile: bool = False  # torch.compile the network, the colour jitter and the blur (a one-off compile first)
     sync_batchnorm: bool = True  # with several processes: BN statistics over the global batch
     dist_timeout_s: float = 1800.0  # collectives fail after this instead of hanging
@@ -257,7 +250,6 @@ def _validate(cfg: Config) -> None:
     _check_choice("data.channels", cfg.data.channels, (None, 1, 3))
     _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
     _check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
-    _check_choice("conv_weight_grads", cfg.conv_weight_grads, ("auto", "per_thread", "onednn"))
     _check_choice("data.modality", cfg.data.modality, ("auto", "image", "series", "text", "video", "paired"))
     _check_choice("data.pretrain_on", cfg.data.pretrain_on, ("train", "all"))
     _check_choice("series.encoder", cfg.series.encoder, ("fcn", "resnet1d", "gru", "lstm", "transformer"))

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from simclr import block_cache, dist
+from simclr import dist
 from simclr.augment import two_views
 from simclr.checkpoint import restore_rng, rng_state, save_encoder, save_training_checkpoint
 from simclr.config import Config, save_config
-from simclr.conv_grads import PerThreadWeightGradConv2d, per_thread_weight_grads
+from simclr.device import resolve_device, use_bf16
 from simclr.errors import UserError
 from simclr.evaluate import knn_monitor
 from simclr.experiment import evaluate_encoder, gather_eval_features, input_shape_of, load_datasets
@@ -39,16 +39,6 @@ from simclr.report import build_report
 from simclr.signals import SignalGuard
 
 log = logging.getLogger("simclr")
-
-
-def resolve_device(name: str) -> torch.device:
-    if dist.is_distributed():
-        return dist.local_device()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -131,8 +121,6 @@ def setup(cfg: Config) -> Run:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     bf16 = own is None and use_bf16(cfg.precision, device, modality.name)  # paired data: float32
-    if weight_grads_per_thread(cfg, device, bf16):
-        per_thread_weight_grads(model)
     net: nn.Module = model
     if world > 1:
         if cfg.sync_batchnorm:  # the paper's global BN: statistics over the whole global batch
@@ -155,36 +143,6 @@ def setup(cfg: Config) -> Run:
         bf16=bf16,
         objective=own.objective(cfg, model, train_data, device) if own is not None else None,
     )
-
-
-def use_bf16(precision: str, device: torch.device, modality: str) -> bool:
-    """Whether the forward passes run under bf16 autocast. auto: on CUDA, and for images on a CPU
-    that computes bf16 natively, where `make bench` measured the image encoders' steps ~2x faster
-    and the quality tables came out as in float32 (README); float32 elsewhere: emulated bf16 was
-    slower, and the other modalities' encoders were not measured."""
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and modality == "image" and native_bf16())
-
-
-def weight_grads_per_thread(cfg: Config, device: torch.device, bf16: bool) -> bool:
-    """Whether convolutions compute their weight gradients per thread (simclr/conv_grads.py).
-    Only eager on the CPU with several threads (torch.compile gets the network as it is); auto:
-    in bf16, where it was measured steadier and faster; not in float32, where it measured 5-15 %
-    slower per layer."""
-    if device.type != "cpu" or torch.get_num_threads() < 2 or cfg.compile or cfg.conv_weight_grads == "onednn":
-        return False
-    return cfg.conv_weight_grads == "per_thread" or bf16
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there oneDNN's bf16
-    convolutions run ~2x float32 (`make bench`: 1.6x end to end for the small CNN, 1.8-2.1x for
-    ResNet-18 on an AMD EPYC); elsewhere they were slower."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a torch without these probes
-        return False
 
 
 def nhwc(cfg: Config, input_shape: list[int]) -> bool:
@@ -352,11 +310,6 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
              cfg.batch_size, progress.step, run.total_steps)
     log.info("precision %s%s", "bf16 autocast (the loss and weights in float32)" if run.bf16 else "float32",
              f" (precision={cfg.precision})" if cfg.precision == "auto" else "")
-    if any(isinstance(m, PerThreadWeightGradConv2d) for m in run.model.modules()):
-        log.info("convolution weight gradients: per thread, %d threads (conv_weight_grads=%s)",
-                 torch.get_num_threads(), cfg.conv_weight_grads)
-    if run.device.type == "cpu":
-        log.info("host memory: block cache %s", block_cache.STATE)
     metrics = run.out / "metrics.jsonl"
     if main and resume_state is not None and not metrics.exists():  # the run directory lost it
         metrics.write_text(resume_state.get("metrics", ""))

@@ -1,0 +1,46 @@
+"""Where a run computes, and in what precision."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from simclr import dist
+from simclr.errors import UserError
+
+# Set to 0 (or 1) to make `native_bf16` report this CPU as lacking (or having) native bf16:
+# how the tests run both branches of `precision=auto` on any machine.
+NATIVE_BF16_ENV = "SIMCLR_NATIVE_BF16"
+
+
+def resolve_device(name: str) -> torch.device:
+    """`device` of the config as a torch device; under torchrun, this rank's own."""
+    if dist.is_distributed():
+        return dist.local_device()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Elsewhere bf16 is
+    emulated through float32 and is slower than float32 itself, so `precision=auto` avoids it."""
+    forced = os.environ.get(NATIVE_BF16_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes
+        return False
+
+
+def use_bf16(precision: str, device: torch.device, modality: str) -> bool:
+    """Whether the forward passes run under bf16 autocast. `auto`: on CUDA, and for images on a
+    CPU with native bf16 (the convolutions are where bf16 pays off, and the image quality
+    tables were checked in both precisions); float32 for the other modalities on the CPU."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (device.type == "cpu" and modality == "image" and native_bf16())
