@@ -7,16 +7,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from simclr.errors import UserError
 
-if TYPE_CHECKING:
-    from simclr.config import Config
-
 log = logging.getLogger("simclr")
 
-CHECKPOINT = "checkpoint.pt"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("run_dir", metavar="RUN_DIR")
     embed.add_argument("--data", required=True)
     embed.add_argument("--out", required=True, help="output .npz (embeddings, ids, labels)")
-    embed.add_argument("--side", choices=("image", "series", "text", "video"),
-                       help="paired runs: one side only, by its modality (default: both)")
+    embed.add_argument("--side", help="a run with two modalities (paired data): one side only, by its modality "
+                       "(default: both)")
 
     report = sub.add_parser("report", help="rebuild RUN_DIR/report.html")
     report.add_argument("run_dir", metavar="RUN_DIR")
@@ -83,6 +79,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from simclr.checkpoint import load_checkpoint
     from simclr.config import changed_keys, from_dict, load_config
     from simclr.metrics import format_table
+    from simclr.run import CHECKPOINT
     from simclr.train import train
 
     flags = {"data.source": args.data, "data.eval_source": args.eval_data, "data.strict": args.strict or None,
@@ -112,76 +109,37 @@ def cmd_train(args: argparse.Namespace) -> None:
         log.info("held-out evaluation (%s):\n%s", out / "eval.json", format_table(results))
 
 
-def with_overrides(saved: Config, overrides: list[str], run_dir: Path) -> Config:
-    """A trained run's config with evaluation settings changed; its model cannot change."""
-    from simclr.config import changed_keys, load_config
-
-    cfg = load_config(None, overrides, base=saved)
-    changed = changed_keys(saved, cfg, ("model",))
-    if changed:
-        raise UserError(f"{run_dir} was trained with its own {', '.join(changed)}; it cannot change now")
-    return cfg
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     from simclr.device import resolve_device
-    from simclr.experiment import evaluate_encoder, load_datasets, load_trained_encoder, load_trained_head
     from simclr.metrics import format_table
+    from simclr.run import Run
 
-    run_dir = Path(args.run_dir)
-    cfg, encoder, shape = load_trained_encoder(run_dir)
-    cfg.eval_finetune = not args.no_finetune
-    cfg = with_overrides(cfg, args.overrides, run_dir)  # e.g. eval_finetune_from=[h,head1]
-    train_data, test_data = load_datasets(cfg, args.data, args.eval_data, shape, run_dir)
-    device = resolve_device(cfg.device)
-    if cfg.data.modality == "paired":  # both encoders: retrieval, zero-shot, image probes
-        from simclr.paired.commands import evaluate_run
-
-        results = evaluate_run(run_dir, cfg, train_data, test_data, device)
-        log.info("evaluation (%s):\n%s", run_dir / "eval.json", format_table(results))
-        return
-    if test_data is None or train_data.labels is None:
-        raise UserError("evaluation needs labelled data: give --data (and --eval-data) with labels")
-    head = load_trained_head(run_dir, cfg, encoder) if cfg.eval_finetune_from != ["h"] else None
-    results = evaluate_encoder(cfg, encoder.to(device), train_data, test_data, device, run_dir, head=head)
-    log.info("evaluation (%s):\n%s", run_dir / "eval.json", format_table(results))
+    run = Run.open(args.run_dir)
+    cfg = run.config([f"eval_finetune={not args.no_finetune}", *args.overrides])  # e.g. eval_finetune_from=[h,head1]
+    train_data, test_data = run.datasets(cfg, args.data, args.eval_data)
+    results = run.modality.evaluate(run, cfg, train_data, test_data, resolve_device(cfg.device))
+    log.info("evaluation (%s):\n%s", run.dir / "eval.json", format_table(results))
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
     from simclr.device import resolve_device
-    from simclr.embed import embed_to_file
-    from simclr.experiment import load_source, load_trained_encoder
+    from simclr.run import Run
 
-    cfg, encoder, shape = load_trained_encoder(Path(args.run_dir))
-    device = resolve_device(cfg.device)
-    if cfg.data.modality == "paired":  # both sides (or --side), h and the shared space
-        from simclr.paired.commands import embed_run
-
-        path = embed_run(Path(args.run_dir), args.data, Path(args.out), args.side, device)
-        log.info("wrote the embeddings of %s to %s", args.data, path)
-        return
-    if args.side:
-        raise UserError("--side is for paired runs (two modalities)")
-    data = load_source(cfg, args.data, shape, Path(args.run_dir))
-    path = embed_to_file(encoder.to(device), data.inputs, getattr(data, "ids", None), data.labels, Path(args.out),
-                         device=device)
-    log.info("wrote %d embeddings to %s", len(data), path)
+    run = Run.open(args.run_dir)
+    log.info(run.modality.embed(run, args.data, Path(args.out), args.side, resolve_device(run.cfg.device)))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from simclr.device import resolve_device
-    from simclr.experiment import load_datasets, load_trained_encoder
-    from simclr.modality import get
     from simclr.report import build_report
+    from simclr.run import Run
 
-    run_dir = Path(args.run_dir)
-    cfg, encoder, shape = load_trained_encoder(run_dir)
-    modality = get(cfg.data.modality)
-    train_data, test_data = load_datasets(cfg, input_shape=shape, run_dir=run_dir)
-    device = resolve_device(cfg.device)
+    run = Run.open(args.run_dir)
+    train_data, test_data = run.datasets()
+    device = resolve_device(run.cfg.device)
     shown = test_data if test_data is not None else train_data
-    path = build_report(run_dir, encoder.to(device), shown, modality.build_augment(cfg, shape), device, cfg.seed,
-                        gallery=modality.gallery)
+    path = build_report(run.dir, run.encoder.to(device), shown, run.modality.build_augment(run.cfg, run.input_shape),
+                        device, run.cfg.seed, gallery=run.modality.gallery)
     log.info("wrote %s", path)
 
 
@@ -190,41 +148,40 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
     from simclr.device import resolve_device
     from simclr.distill import distill_experiment, teacher_layer
-    from simclr.experiment import load_datasets, load_source, load_trained_encoder, load_trained_head
     from simclr.metrics import format_table
     from simclr.model import ENCODERS
+    from simclr.run import Run
 
-    run_dir = Path(args.run_dir)
-    cfg, encoder, shape = load_trained_encoder(run_dir)
-    cfg = with_overrides(cfg, args.overrides, run_dir)
-    if cfg.data.modality != "image":
-        raise UserError(f"simclr distill is for image runs; {run_dir} was trained on {cfg.data.modality}")
+    run = Run.open(args.run_dir)
+    cfg = run.config(args.overrides)
+    if not run.modality.distills:
+        raise UserError(f"simclr distill is for image runs; {run.dir} was trained on {run.modality.name}")
     student = args.student or cfg.model.encoder
     if student not in ENCODERS:
         raise UserError(f"unknown student encoder {student!r} (choose from {', '.join(sorted(ENCODERS))})")
-    train_data, test_data = load_datasets(cfg, args.labeled_data, args.eval_data, shape, run_dir)
+    train_data, test_data = run.datasets(cfg, args.labeled_data, args.eval_data)
     if test_data is None or train_data.labels is None:
         raise UserError("distillation needs labelled data for the teacher: give --labeled-data (and --eval-data)")
     # The run's own source, split for evaluation: only its training part may serve as unlabelled
     # data, else the student would learn the teacher's answers on the test images.
     own_split = args.labeled_data is None and args.eval_data is None and cfg.data.eval_source is None
     same = args.data == cfg.data.source or Path(args.data).resolve() == Path(cfg.data.source).resolve()
-    unlabeled = train_data if own_split and same else load_source(cfg, args.data, shape, run_dir)
+    unlabeled = train_data if own_split and same else run.load(args.data, cfg)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    head = load_trained_head(run_dir, cfg, encoder) if teacher_layer(cfg) != "h" else None
-    out = Path(args.out) if args.out else run_dir / f"distill-{student}"
-    results = distill_experiment(cfg, encoder.to(device), head, train_data, test_data, unlabeled.images, student,
+    head = run.head if teacher_layer(cfg) != "h" else None
+    out = Path(args.out) if args.out else run.dir / f"distill-{student}"
+    results = distill_experiment(cfg, run.encoder.to(device), head, train_data, test_data, unlabeled.images, student,
                                  device, out)
     log.info("distillation (%s):\n%s", out / "eval.json", format_table(results))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from simclr.export import export_encoder
+    from simclr.run import Run
 
-    path = export_encoder(Path(args.run_dir), args.format, Path(args.out) if args.out else None)
-    log.info("wrote %s", path)
+    run = Run.open(args.run_dir)
+    log.info("wrote %s", run.modality.export(run, args.format, Path(args.out) if args.out else None))
 
 
 COMMANDS = {

@@ -6,7 +6,7 @@ with the key's name, and the resolved config is saved with every run and checkpo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from simclr import modality
 from simclr.errors import UserError
 
 
@@ -76,93 +77,6 @@ class OptimConfig:
 
 
 @dataclass
-class SeriesConfig:
-    """Time series (`data.modality=series`): encoder and augmentation, all per sample."""
-
-    encoder: str = "fcn"  # fcn, resnet1d, gru, lstm, transformer
-    width: int = 128  # channels of the convolutional encoders; hidden size of the others
-    layers: int = 2  # recurrent / Transformer layers
-    bidirectional: bool = True  # gru and lstm read the series both ways
-    length: int | None = None  # None: the longest series; every series is resampled to it
-    label_column: str | None = None  # CSV: the label column's name; None: label/class/target
-    crop_min: float = 0.5  # window length ~ U(crop_min, 1) × T, resized back to T (linear)
-    jitter: float = 0.05  # additive noise std, relative to each series' channel std
-    scale: float = 0.1  # per-channel factor ~ N(1, scale)
-    magnitude_warp: float = 0.1  # smooth multiplicative curve, std of its 4 knots
-    time_warp: float = 0.1  # smooth time distortion, std of the speed at its 4 knots
-    mask_fraction: float = 0.1  # one span of this fraction of T set to the channel mean, p=0.5
-
-
-@dataclass
-class TextConfig:
-    """Text (`data.modality=text`): tokenizer, encoder and augmentation, all per sample."""
-
-    encoder: str = "transformer"  # transformer, gru, lstm (the Transformer is the faster on a CPU)
-    width: int = 128  # hidden size (and token embedding size)
-    layers: int = 1  # recurrent / Transformer layers
-    bidirectional: bool = True
-    dropout: float = 0.1  # in the encoder; two passes differ by it (SimCSE's dropout views)
-    vocab_size: int = 8000  # word pieces, learned from the corpus (Hugging Face tokenizers)
-    max_length: int = 128  # tokens kept per text
-    text_column: str | None = None  # CSV/TSV/JSONL; None: text/sentence/..., else all text columns
-    label_column: str | None = None  # None: label/class/category/target when present
-    crop_min: float = 0.6  # one span of ~U(crop_min, 1) of the tokens
-    word_dropout: float = 0.1  # each token deleted with this probability
-    mask_prob: float = 0.1  # each token replaced by [MASK]...
-    replace_prob: float = 0.05  # ...or by a random token
-
-
-# Captions made from class names for an image folder (data.modality=paired); one is drawn per
-# sample per step. "{}" is the class name (underscores read as spaces).
-PROMPT_TEMPLATES = [
-    "a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.", "a low resolution photo of a {}.",
-    "a bright photo of a {}.", "a dark photo of a {}.", "a cropped photo of a {}.", "a photo of the small {}.",
-]
-
-
-@dataclass
-class PairedConfig:
-    """Paired data (`data.modality=paired`): each side's encoder comes from its own modality's
-    settings (images: `model.*`, text: `text.*`, series: `series.*`, video: `video.*`); each gets a
-    projection to a shared space and the two are trained with the symmetric cross-modal loss
-    (CLIP-style InfoNCE)."""
-
-    # [first, second], two of image, series, text, video. The first side is what the kNN monitor,
-    # the probes and the report see; from a labelled source the second is its class-name captions.
-    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
-    shared_dim: int = 128  # output of each side's projection head
-    temperature: float = 0.07  # fixed, or the starting value when learned
-    learn_temperature: bool = True  # tau = exp(-s), s learned, tau clamped >= min_temperature
-    min_temperature: float = 0.01  # CLIP's clamp (1/tau <= 100)
-    prompts: bool = True  # labelled source: captions from `templates`; off: the bare class name
-    templates: list[str] = field(default_factory=lambda: list(PROMPT_TEMPLATES))
-    heldout_fraction: float = 0.1  # pairs kept out of training for retrieval / zero-shot, seeded
-    text_augment: bool = False  # the text augmentation (text.crop_min, ...) on captions
-    image_column: str | None = None  # manifest; None: image / image_path / file / filename / path
-    text_column: str | None = None  # manifest; None: text / caption / ...
-    series_column: str | None = None  # manifest, series inline; None: series / values / signal / sequence
-    video_column: str | None = None  # manifest; None: video / video_path / clip
-    label_column: str | None = None  # manifest, optional; None: label / class / category when present
-
-
-@dataclass
-class VideoConfig:
-    """Video (`data.modality=video`): a folder of video files (class subfolders give labels),
-    decoded once into the cache at a fixed length, size and frame rate."""
-
-    # r3d_18, r2plus1d_18, mc3_18 (torchvision's 3-D ResNets), or an image encoder (small_cnn,
-    # resnet18, ...) applied to every frame, its features averaged over time
-    encoder: str = "r3d_18"
-    frames: int = 16  # F frames kept per video (the first ones; a shorter video is looped)
-    clip_frames: int = 8  # T frames per view: two clips from independent random starts in F
-    size: int = 64  # frames are stored and viewed as size×size (the central square, resized)
-    fps: float | None = None  # resample every video to this frame rate; None: each file's own
-    # Evaluation, embedding and the report encode a stored video as the mean h of this many
-    # evenly spaced T-frame clips (1: the central clip)
-    eval_clips: int = 1
-
-
-@dataclass
 class DistillConfig:
     """`simclr distill` (SimCLRv2 section 2): the command first fine-tunes the run's network on a
     fraction of the labels (the teacher), then trains a new student network on the teacher's
@@ -184,10 +98,6 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    series: SeriesConfig = field(default_factory=SeriesConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    video: VideoConfig = field(default_factory=VideoConfig)
-    paired: PairedConfig = field(default_factory=PairedConfig)
     epochs: int = 100
     batch_size: int = 256
     temperature: float = 0.5
@@ -218,86 +128,73 @@ class Config:
     sync_batchnorm: bool = True  # with several processes: BN statistics over the global batch
     dist_timeout_s: float = 1800.0  # collectives fail after this instead of hanging
 
+    # Each modality's own section (`cfg.series`, `cfg.text`, ...) is a field of the class that
+    # `load_config` builds from the registry (`with_sections`); a Config made directly gets a
+    # section's defaults the first time it is read.
+    def __getattr__(self, name: str) -> Any:
+        section = None if name.startswith("_") or name not in modality.names() else modality.get(name).config
+        if section is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = section()
+        object.__setattr__(self, name, value)
+        return value
 
-def _check(ok: bool, message: str) -> None:
+    def __reduce__(self) -> tuple[Any, ...]:  # the built class is not importable: pickle the values
+        return from_dict, (to_dict(self),)
+
+
+_built: dict[tuple[tuple[str, type], ...], type[Config]] = {}
+
+
+def with_sections() -> type[Config]:
+    """Config with a field for each registered modality's section, so that OmegaConf checks
+    `series.length=...` as strictly as the core keys."""
+    sections = tuple((name, section) for name in modality.names()
+                     if (section := modality.get(name).config) is not None)
+    if sections not in _built:
+        fields = [(name, section, field(default_factory=section)) for name, section in sections]
+        built = make_dataclass("Config", fields, bases=(Config,))
+        built.__module__ = __name__
+        _built[sections] = built
+    return _built[sections]
+
+
+def check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
 
 
-def _check_choice(key: str, value: object, allowed: tuple[object, ...]) -> None:
-    _check(value in allowed, f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+def check_choice(key: str, value: object, allowed: tuple[object, ...]) -> None:
+    check(value in allowed, f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
 def _validate(cfg: Config) -> None:
     from simclr.model import ENCODERS  # the registry is the one list of valid names
 
-    _check(cfg.temperature > 0, f"temperature must be positive, got {cfg.temperature}")
-    _check(cfg.batch_size >= 2, f"batch_size must be at least 2, got {cfg.batch_size}")
-    _check(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
-    _check(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
-    _check(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")
-    _check(cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}")
-    _check(cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}")
-    _check(0 < cfg.augment.min_scale <= 1, f"augment.min_scale must be in (0, 1], got {cfg.augment.min_scale}")
-    _check(0 < cfg.data.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {cfg.data.test_fraction}")
+    check(cfg.temperature > 0, f"temperature must be positive, got {cfg.temperature}")
+    check(cfg.batch_size >= 2, f"batch_size must be at least 2, got {cfg.batch_size}")
+    check(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
+    check(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+    check(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")
+    check(cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}")
+    check(cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}")
+    check(0 < cfg.augment.min_scale <= 1, f"augment.min_scale must be in (0, 1], got {cfg.augment.min_scale}")
+    check(0 < cfg.data.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {cfg.data.test_fraction}")
     size = cfg.data.image_size
-    _check(size is None or size >= 4, f"data.image_size must be at least 4, got {size}")
-    _check_choice("model.encoder", cfg.model.encoder, tuple(sorted(ENCODERS)))
-    _check_choice("augment.recipe", cfg.augment.recipe, ("auto", "imagenet", "cifar"))
-    _check_choice("model.head_version", cfg.model.head_version, (1, 2))
-    _check_choice("optim.name", cfg.optim.name, ("lars", "sgd", "adamw"))
-    _check_choice("optim.lr_scaling", cfg.optim.lr_scaling, ("linear", "sqrt", "none"))
-    _check_choice("data.channels", cfg.data.channels, (None, 1, 3))
-    _check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
-    _check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
-    _check_choice("data.modality", cfg.data.modality, ("auto", "image", "series", "text", "video", "paired"))
-    _check_choice("data.pretrain_on", cfg.data.pretrain_on, ("train", "all"))
-    _check_choice("series.encoder", cfg.series.encoder, ("fcn", "resnet1d", "gru", "lstm", "transformer"))
-    _check_choice("text.encoder", cfg.text.encoder, ("gru", "lstm", "transformer"))
-    s, t = cfg.series, cfg.text
-    for key, value in (("series.crop_min", s.crop_min), ("text.crop_min", t.crop_min)):
-        _check(0 < value <= 1, f"{key} must be in (0, 1], got {value}")
-    for key, value in (("series.mask_fraction", s.mask_fraction), ("text.word_dropout", t.word_dropout),
-                       ("text.mask_prob", t.mask_prob), ("text.replace_prob", t.replace_prob),
-                       ("text.dropout", t.dropout)):
-        _check(0 <= value < 1, f"{key} must be in [0, 1), got {value}")
-    for key, value in (("series.jitter", s.jitter), ("series.scale", s.scale),
-                       ("series.magnitude_warp", s.magnitude_warp), ("series.time_warp", s.time_warp)):
-        _check(value >= 0, f"{key} must be >= 0, got {value}")
-    for key, n in (("series.width", s.width), ("series.layers", s.layers), ("text.width", t.width),
-                   ("text.layers", t.layers), ("text.max_length", t.max_length)):
-        _check(n >= 1, f"{key} must be at least 1, got {n}")
-    _check(s.length is None or s.length >= 4, f"series.length must be at least 4, got {s.length}")
-    _check(t.vocab_size >= 100, f"text.vocab_size must be at least 100, got {t.vocab_size}")
-    _validate_video(cfg.video, tuple(sorted(ENCODERS)))
+    check(size is None or size >= 4, f"data.image_size must be at least 4, got {size}")
+    check_choice("model.encoder", cfg.model.encoder, tuple(sorted(ENCODERS)))
+    check_choice("augment.recipe", cfg.augment.recipe, ("auto", "imagenet", "cifar"))
+    check_choice("model.head_version", cfg.model.head_version, (1, 2))
+    check_choice("optim.name", cfg.optim.name, ("lars", "sgd", "adamw"))
+    check_choice("optim.lr_scaling", cfg.optim.lr_scaling, ("linear", "sqrt", "none"))
+    check_choice("data.channels", cfg.data.channels, (None, 1, 3))
+    check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+    check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
+    check_choice("data.modality", cfg.data.modality, ("auto", *modality.names()))
+    check_choice("data.pretrain_on", cfg.data.pretrain_on, ("train", "all"))
     _validate_v2(cfg)
-    _validate_paired(cfg)
-
-
-def _validate_paired(cfg: Config) -> None:
-    p = cfg.paired
-    sides = ("image", "series", "text", "video")
-    _check(len(p.modalities) == 2 and all(m in sides for m in p.modalities) and p.modalities[0] != p.modalities[1],
-           f"paired.modalities must be two different ones of {', '.join(sides)}, got {p.modalities}")
-    _check(p.shared_dim >= 1, f"paired.shared_dim must be at least 1, got {p.shared_dim}")
-    _check(p.temperature > 0, f"paired.temperature must be positive, got {p.temperature}")
-    _check(0 < p.min_temperature <= p.temperature,
-           f"paired.min_temperature must be in (0, paired.temperature], got {p.min_temperature}")
-    _check(0 < p.heldout_fraction < 1, f"paired.heldout_fraction must be in (0, 1), got {p.heldout_fraction}")
-    _check(len(p.templates) > 0 and all("{}" in t for t in p.templates),
-           "paired.templates must be a non-empty list of texts with {} for the class name")
-    if cfg.data.modality == "paired":
-        _check(cfg.data.pretrain_on == "train", "data.pretrain_on=all does not apply to paired data")
-
-
-def _validate_video(v: VideoConfig, image_encoders: tuple[str, ...]) -> None:
-    _check_choice("video.encoder", v.encoder, ("r3d_18", "r2plus1d_18", "mc3_18", *image_encoders))
-    _check(v.frames >= 1, f"video.frames must be at least 1, got {v.frames}")
-    _check(1 <= v.clip_frames <= v.frames,
-           f"video.clip_frames must be in [1, video.frames={v.frames}], got {v.clip_frames}")
-    _check(v.size >= 8, f"video.size must be at least 8, got {v.size}")
-    _check(v.fps is None or v.fps > 0, f"video.fps must be positive, got {v.fps}")
-    _check(v.eval_clips >= 1, f"video.eval_clips must be at least 1, got {v.eval_clips}")
+    for name in modality.names():  # each modality checks its own section
+        modality.get(name).validate(cfg)
 
 
 def finetune_layers(head_version: int) -> tuple[str, ...]:
@@ -309,17 +206,17 @@ def finetune_layers(head_version: int) -> tuple[str, ...]:
 
 def _validate_v2(cfg: Config) -> None:
     layers = finetune_layers(cfg.model.head_version)
-    _check(len(cfg.eval_finetune_from) > 0, "eval_finetune_from needs at least one layer, e.g. [h]")
+    check(len(cfg.eval_finetune_from) > 0, "eval_finetune_from needs at least one layer, e.g. [h]")
     for layer in cfg.eval_finetune_from:
-        _check_choice(f"eval_finetune_from (head version {cfg.model.head_version})", layer, layers)
+        check_choice(f"eval_finetune_from (head version {cfg.model.head_version})", layer, layers)
     d = cfg.distill
-    _check_choice(f"distill.teacher_from (head version {cfg.model.head_version})", d.teacher_from, ("auto", *layers))
-    _check(0 < d.label_fraction <= 1, f"distill.label_fraction must be in (0, 1], got {d.label_fraction}")
-    _check(d.temperature > 0, f"distill.temperature must be positive, got {d.temperature}")
-    _check(0 <= d.labeled_weight <= 1, f"distill.labeled_weight must be in [0, 1], got {d.labeled_weight}")
-    _check(d.epochs >= 1, f"distill.epochs must be at least 1, got {d.epochs}")
-    _check(d.batch_size >= 2, f"distill.batch_size must be at least 2, got {d.batch_size}")
-    _check(d.lr > 0, f"distill.lr must be positive, got {d.lr}")
+    check_choice(f"distill.teacher_from (head version {cfg.model.head_version})", d.teacher_from, ("auto", *layers))
+    check(0 < d.label_fraction <= 1, f"distill.label_fraction must be in (0, 1], got {d.label_fraction}")
+    check(d.temperature > 0, f"distill.temperature must be positive, got {d.temperature}")
+    check(0 <= d.labeled_weight <= 1, f"distill.labeled_weight must be in [0, 1], got {d.labeled_weight}")
+    check(d.epochs >= 1, f"distill.epochs must be at least 1, got {d.epochs}")
+    check(d.batch_size >= 2, f"distill.batch_size must be at least 2, got {d.batch_size}")
+    check(d.lr > 0, f"distill.lr must be positive, got {d.lr}")
 
 
 def load_config(
@@ -327,7 +224,9 @@ def load_config(
 ) -> Config:
     """Defaults (or `base`), then the YAML file at `path`, then `key=value` overrides."""
     try:
-        merged = OmegaConf.structured(base if base is not None else Config)
+        merged = OmegaConf.structured(with_sections())
+        if base is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.create(to_dict(base)))
         if path is not None:
             if not Path(path).is_file():
                 raise UserError(f"config file does not exist: {path}")
@@ -370,13 +269,17 @@ def changed_keys(old: Config, new: Config, sections: tuple[str, ...]) -> list[st
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    return asdict(cfg)
+    d = asdict(cfg)
+    for name, value in vars(cfg).items():  # sections a directly made Config read (`__getattr__`)
+        if name not in d and name in modality.names():
+            d[name] = asdict(value)
+    return d
 
 
 def from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config from its saved dict (e.g. from a checkpoint), validating it."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(d))
+        merged = OmegaConf.merge(OmegaConf.structured(with_sections()), OmegaConf.create(d))
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise UserError(_describe(e)) from None

@@ -37,10 +37,10 @@ def native_bf16() -> bool:
         return False
 
 
-def use_bf16(precision: str, device: torch.device, modality: str) -> bool:
-    """Whether the forward passes run under bf16 autocast. `auto`: on CUDA, and for images on a
-    CPU with native bf16 (the convolutions are where bf16 pays off, and the image quality
-    tables were checked in both precisions); float32 for the other modalities on the CPU."""
+def use_bf16(precision: str, device: torch.device, on_cpu: bool) -> bool:
+    """Whether the forward passes run under bf16 autocast. `auto`: on CUDA, and on a CPU with
+    native bf16 where the modality asks for it (`on_cpu`: images, whose convolutions are where
+    bf16 pays off and whose quality tables were checked in both precisions)."""
     if precision != "auto":
         return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and modality == "image" and native_bf16())
+    return device.type == "cuda" or (device.type == "cpu" and on_cpu and native_bf16())

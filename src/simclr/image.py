@@ -11,6 +11,7 @@ from simclr.augment import ImageAugment
 from simclr.config import AugmentConfig, Config
 from simclr.data import ImageData, load_images
 from simclr.evaluate import raw_pixels_baseline
+from simclr.experiment import SingleEncoder
 from simclr.modality import Augment, Baseline
 from simclr.model import CIFAR_STEM_MAX_SIZE, build_encoder
 
@@ -37,8 +38,13 @@ def build_augment(cfg: AugmentConfig, image_size: int, compiled: bool = False) -
     )
 
 
-class ImageModality:
+class ImageModality(SingleEncoder):
+    """The default modality: built-in names, image folders and archives, arrays."""
+
     name = "image"
+    bf16_on_cpu = True  # convolutions: where native bf16 pays off (and the quality was checked)
+    distills = True
+    export_formats = ("torchvision", "safetensors", "onnx")
 
     def load(
         self, cfg: Config, source: str, input_shape: list[int] | None, run_dir: Path | None, like: Any | None = None
@@ -65,9 +71,6 @@ class ImageModality:
         from simclr.report import gallery_figure
 
         return gallery_figure(data.inputs, augment, seed)  # type: ignore[arg-type]
-
-    def save_artifacts(self, data: Any, out: Path) -> None:
-        """Images need nothing beside the encoder's weights."""
 
 
 MODALITY = ImageModality()

@@ -1,23 +1,28 @@
-"""The modality seam: what differs between images, time series and text.
+"""The modality seam: what differs between images, time series, text, video and paired data.
 
 SimCLR itself (Chen et al. 2020, arXiv:2002.05709) is the same for every kind of input: two
 random views of each sample, an encoder f, a projection head g and the NT-Xent loss. A modality
-contributes only the parts that depend on the input:
+contributes only the parts that depend on the input, and the shared code never names one:
 
-    load            --data  -> (pretraining/probe data, official test split or None); a trained
-                    run's input shape and directory, or data already loaded (`like`), fix the
-                    encoding (image size, series length, tokenizer) a second source must share
-    build_augment   one random view t(x) of a batch, per sample, on the device
-    build_encoder   f: a batch of inputs -> h (B, d), with an integer `out_dim`
-    baseline        the label-using baseline row of the evaluation (raw pixels, 1-NN, TF-IDF)
-    gallery         the report's picture of view pairs
-    save_artifacts  what the encoder needs beside its weights (the text tokenizer)
+    config, validate  its own config section (a dataclass, `<name>.key=value`) and its checks
+    claims            whether a `--data` source is of this kind (detection)
+    load              --data -> (pretraining/probe data, official test split or None); a trained
+                      run's input shape and directory, or data already loaded (`like`), fix the
+                      encoding (image size, series length, tokenizer) a second source must share
+    build_augment     one random view t(x) of a batch, per sample, on the device
+    build_encoder     f: a batch of inputs -> h (B, d), with an integer `out_dim`
+    baseline          the label-using baseline row of the evaluation (raw pixels, 1-NN, TF-IDF)
+    gallery           the report's picture of view pairs
+    save_artifacts    what the encoder needs beside its weights (the text tokenizer)
+    load_network      a trained run's network from its checkpoint
+    evaluate, embed, export   what `simclr eval`, `embed` and `export` do with a trained run
 
-Paired data (simclr.paired) is a modality too; it also implements `Trainer`: its own network
-(two encoders) and loss (cross-modal), plugged into the same loop.
+Most modalities inherit the last four from `simclr.experiment.SingleEncoder`. Paired data
+(simclr.paired) also implements `Trainer`: its own network (two encoders) and loss.
 
-The training loop, loss, evaluation, checkpoints and CLI are shared. This module is a leaf: the
-modalities themselves are imported lazily, so an image run never imports a tokenizer.
+Adding a modality is a folder (or module) with a `MODALITY` object and one line in `MODALITIES`;
+`register` adds one at run time (a plugin, a test). This module is a leaf: the modalities are
+imported lazily, so an image run never imports a tokenizer.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
 
     from simclr.config import Config
     from simclr.model import SimCLR
+    from simclr.run import Run
 
 
 class Data(Protocol):
@@ -59,11 +65,18 @@ class Data(Protocol):
 Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 # (train, test, labelled subsets by metric name, kNN k, seed) -> (row name, metric -> accuracy)
 Baseline = Callable[[Any, Any, dict[str, np.ndarray], int, int], tuple[str, dict[str, float]]]
+Results = dict[str, dict[str, float]]
 
 
 class Modality(Protocol):
     name: str
+    config: type | None  # the dataclass of its config section `<name>`, or None
+    bf16_on_cpu: bool  # whether precision=auto autocasts it on CPUs with native bf16
+    evaluates_unlabelled: bool  # whether held-out data without labels is still evaluated
+    distills: bool  # whether `simclr distill` applies
 
+    def validate(self, cfg: Config) -> None: ...
+    def claims(self, path: Path) -> bool: ...
     def load(
         self, cfg: Config, source: str, input_shape: list[int] | None, run_dir: Path | None, like: Any | None = None
     ) -> tuple[Any, Any | None]: ...
@@ -72,6 +85,10 @@ class Modality(Protocol):
     def baseline(self, cfg: Config) -> Baseline: ...
     def gallery(self, data: Any, augment: Augment, seed: int) -> Figure: ...
     def save_artifacts(self, data: Any, out: Path) -> None: ...
+    def load_network(self, cfg: Config, input_shape: list[int], run_dir: Path, state: dict[str, Any]) -> SimCLR: ...
+    def evaluate(self, run: Run, cfg: Config, train: Any, test: Any | None, device: torch.device) -> Results: ...
+    def embed(self, run: Run, source: str, out: Path, side: str | None, device: torch.device) -> str: ...
+    def export(self, run: Run, fmt: str, out: Path | None) -> Path: ...
 
 
 # (network, this rank's inputs x, their rows in the training data, augmentation generator) -> loss
@@ -88,9 +105,9 @@ class Trainer(Protocol):
 
     def build_model(self, cfg: Config, input_shape: list[int], data: Any) -> SimCLR: ...
     def objective(self, cfg: Config, model: SimCLR, data: Any, device: torch.device) -> Objective: ...
-    def evaluate(
+    def evaluate_trained(
         self, cfg: Config, model: SimCLR, train: Any, test: Any | None, device: torch.device, out: Path
-    ) -> dict[str, dict[str, float]] | None: ...
+    ) -> Results | None: ...
 
 
 def trainer_of(modality: Modality) -> Trainer | None:
@@ -98,35 +115,59 @@ def trainer_of(modality: Modality) -> Trainer | None:
     return modality if isinstance(modality, Trainer) else None
 
 
-NAMES = ("image", "series", "text", "video", "paired")
-_MODULES = {
-    "image": "simclr.image", "series": "simclr.series", "text": "simclr.text", "video": "simclr.video",
+# The registry: a modality's name and the module whose `MODALITY` implements it. Detection asks
+# them in this order; DEFAULT (images: built-in names, folders, archives, arrays) takes the rest.
+MODALITIES: dict[str, str] = {
     "paired": "simclr.paired",
+    "series": "simclr.series",
+    "text": "simclr.text",
+    "video": "simclr.video",
+    "image": "simclr.image",
 }
-
-SERIES_SUFFIXES = (".ts",)
-TEXT_SUFFIXES = (".txt", ".jsonl", ".tsv")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+DEFAULT = "image"
+_loaded: dict[str, Modality] = {}
 
 
-def video_folder(folder: Path, sample: int = 32) -> bool:
-    """Whether most of the first `sample` files of a folder (or of its class subfolders) are
-    videos. Stops early, so an image folder of a million files costs a few directory reads."""
-    found: list[str] = []
-    try:
-        for entry in folder.iterdir():  # unsorted: no full listing of a huge folder
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                found += [p.suffix.lower() for _, p in zip(range(4), entry.iterdir(), strict=False)
-                          if p.is_file() and not p.name.startswith(".")]
-            elif entry.is_file():
-                found.append(entry.suffix.lower())
-            if len(found) >= sample:
-                break
-    except OSError:
-        return False
-    return sum(s in VIDEO_SUFFIXES for s in found) > len(found) / 2
+def register(name: str, modality: Modality | str) -> None:
+    """Add a modality (an object, or the module that holds its `MODALITY`) under `name`."""
+    MODALITIES[name] = modality if isinstance(modality, str) else f"<registered {name}>"
+    _loaded.pop(name, None)
+    if not isinstance(modality, str):
+        _loaded[name] = modality
+
+
+def names() -> tuple[str, ...]:
+    return tuple(MODALITIES)
+
+
+def get(name: str) -> Modality:
+    if name not in MODALITIES:
+        raise UserError(f"unknown modality {name!r} (choose from {', '.join(MODALITIES)})")
+    if name not in _loaded:
+        _loaded[name] = importlib.import_module(MODALITIES[name]).MODALITY
+    return _loaded[name]
+
+
+def source_path(source: str) -> Path:
+    """The file or folder of a `--data` value; `mnist:test` names a split of a built-in set."""
+    return Path(source.split(":")[0]) if ":" in source and not Path(source).exists() else Path(source)
+
+
+def detect(source: str) -> str:
+    """The modality of a `--data` value: the first in `MODALITIES` that claims its path, else
+    DEFAULT. An `.npz` of series needs `data.modality=series` (its shape alone is ambiguous)."""
+    path = source_path(source)
+    for name in MODALITIES:
+        if name != DEFAULT and get(name).claims(path):
+            return name
+    return DEFAULT
+
+
+def resolve(cfg: Config, source: str | None = None) -> Modality:
+    """The run's modality: `data.modality`, or the one detected from the source when `auto`.
+    Resolve it once per command and pass it on: detection reads the file system."""
+    name = cfg.data.modality
+    return get(detect(source or cfg.data.source) if name == "auto" else name)
 
 
 def numeric_field(field: str) -> bool:
@@ -136,35 +177,6 @@ def numeric_field(field: str) -> bool:
     except ValueError:
         return field.strip() in ("", "?", "nan", "NaN")
     return True
-
-
-def detect(source: str) -> str:
-    """The modality of a `--data` value from its extension, or for CSV from its content:
-    `.ts` (or a folder of them) is a time series; `.txt`, `.tsv`, `.jsonl` are text; a CSV
-    whose data fields are numbers (apart from an `id`/`label` column) is a series, else text;
-    a video file (.mp4, .mkv, ...) or a folder (with or without class subfolders) whose files are
-    mostly videos is video; everything else (built-in names, image folders and archives,
-    arrays) is an image source.
-    An `.npz` of series needs `data.modality=series` (its shape alone is ambiguous)."""
-    path = Path(source.split(":")[0]) if ":" in source and not Path(source).exists() else Path(source)
-    suffix = path.suffix.lower()
-    if suffix in SERIES_SUFFIXES or (path.is_dir() and any(path.glob("*.ts"))):
-        return "series"
-    if suffix in (".csv", ".jsonl") and path.is_file() and is_pair_manifest(path):
-        return "paired"
-    if suffix in TEXT_SUFFIXES:
-        return "text"
-    if suffix in VIDEO_SUFFIXES or (path.is_dir() and video_folder(path)):
-        return "video"
-    if suffix == ".csv" and path.is_file():
-        import csv
-
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            rows = [row for _, row in zip(range(6), csv.reader(f), strict=False)]
-        body = rows[1:] if len(rows) > 1 else rows
-        fields = [v for row in body for v in row[1:-1]] or [v for row in body for v in row]
-        return "series" if fields and all(numeric_field(v) for v in fields) else "text"
-    return "image"
 
 
 # A manifest of (image, caption) pairs names both columns; a text file never has an image column.
@@ -185,23 +197,3 @@ def header_names(path: Path) -> list[str]:
         except json.JSONDecodeError:
             return []
     return next(csv.reader([first]), [])
-
-
-def is_pair_manifest(path: Path) -> bool:
-    """A CSV header (or the first JSONL object) with both an image column and a caption column."""
-    lower = {n.strip().lower() for n in header_names(path)}
-    return bool(lower & set(PAIR_IMAGE_COLUMNS)) and bool(lower & set(PAIR_TEXT_COLUMNS))
-
-
-def resolve(cfg: Config, source: str | None = None) -> str:
-    """`data.modality`, or the one detected from the source when it is `auto`."""
-    name = cfg.data.modality
-    return detect(source or cfg.data.source) if name == "auto" else name
-
-
-def get(name: str) -> Modality:
-    if name not in _MODULES:
-        raise UserError(f"unknown modality {name!r} (choose from {', '.join(NAMES)})")
-    module = importlib.import_module(_MODULES[name])
-    modality: Modality = module.MODALITY
-    return modality

@@ -29,10 +29,9 @@ from simclr.errors import UserError
 from simclr.evaluate import knn_monitor
 from simclr.experiment import evaluate_encoder, gather_eval_features, input_shape_of, load_datasets
 from simclr.global_bn import to_global_batchnorm
-from simclr.image import build_augment  # noqa: F401 - its home before modalities; kept importable here
 from simclr.loss import nt_xent
 from simclr.metrics import MetricsLogger
-from simclr.modality import Augment, Modality, Objective, get, resolve, trainer_of
+from simclr.modality import Augment, Modality, Objective, resolve, trainer_of
 from simclr.model import SimCLR, build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr
 from simclr.report import build_report
@@ -67,7 +66,7 @@ def check_free_space(out: Path, model: nn.Module, keep: int) -> None:
 
 
 @dataclass
-class Run:
+class Training:
     """Everything the loop needs, built once by `setup`."""
 
     cfg: Config
@@ -91,7 +90,7 @@ class Run:
     objective: Objective | None = None  # a modality's own loss (paired data); None: SimCLR's
 
 
-def setup(cfg: Config) -> Run:
+def setup(cfg: Config) -> Training:
     dist.init_from_env(cfg.dist_timeout_s, cfg.device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if cfg.threads:
@@ -100,8 +99,8 @@ def setup(cfg: Config) -> Run:
     world = dist.world_size()
     if cfg.batch_size % world:
         raise UserError(f"batch_size {cfg.batch_size} (the global batch) must divide by the {world} ranks")
-    modality = get(resolve(cfg))
-    train_data, test_data = load_datasets(cfg)  # before the run directory: bad --data leaves nothing
+    modality = resolve(cfg)  # once: detection reads the file system
+    train_data, test_data = load_datasets(cfg, modality)  # before the run directory: bad --data leaves nothing
     inputs = train_data.inputs
     if cfg.data.pretrain_on == "all" and test_data is not None:  # held-out inputs, never their labels
         inputs = torch.cat([inputs, test_data.inputs])
@@ -120,7 +119,7 @@ def setup(cfg: Config) -> Run:
     channels_last = nhwc(cfg, shape)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    bf16 = own is None and use_bf16(cfg.precision, device, modality.name)  # paired data: float32
+    bf16 = own is None and use_bf16(cfg.precision, device, modality.bf16_on_cpu)  # own loss: float32
     net: nn.Module = model
     if world > 1:
         if cfg.sync_batchnorm:  # the paper's global BN: statistics over the whole global batch
@@ -132,7 +131,7 @@ def setup(cfg: Config) -> Run:
     peak_lr = scaled_lr(cfg.optim.lr, cfg.batch_size, cfg.optim.lr_scaling)  # scaled by the global batch
     optimizer = build_optimizer(model, cfg.optim.name, peak_lr, cfg.optim.weight_decay, cfg.optim.momentum)
     steps_per_epoch = len(inputs) // cfg.batch_size  # drop the last partial batch
-    return Run(
+    return Training(
         cfg, out, device, modality, train_data, test_data, inputs, model, net,
         modality.build_augment(cfg, shape), optimizer, peak_lr,
         total_steps=steps_per_epoch * cfg.epochs,
@@ -184,7 +183,7 @@ class StopRequested(Exception):
 
 
 def train_one_epoch(
-    run: Run, progress: Progress, images: torch.Tensor, order_gen: torch.Generator,
+    run: Training, progress: Progress, images: torch.Tensor, order_gen: torch.Generator,
     aug_gen: torch.Generator, logger: MetricsLogger, guard: SignalGuard,
 ) -> None:
     """The rest of the current epoch from `progress.batch`. Every rank draws the same global
@@ -235,18 +234,18 @@ def train_one_epoch(
             return
 
 
-def monitor_due(run: Run, epoch: int) -> bool:
+def monitor_due(run: Training, epoch: int) -> bool:
     """kNN accuracy on the held-out set every `eval_every` epochs and at the end (all ranks
     encode their share of the images)."""
     every = run.cfg.eval_every
     return labelled(run) and every > 0 and (epoch % every == 0 or epoch == run.cfg.epochs)
 
 
-def labelled(run: Run) -> bool:
+def labelled(run: Training) -> bool:
     return run.test_data is not None and run.train_data.labels is not None
 
 
-def monitor_knn(run: Run, images: torch.Tensor) -> float:
+def monitor_knn(run: Training, images: torch.Tensor) -> float:
     train, test = run.train_data, run.test_data
     assert test is not None and train.labels is not None and test.labels is not None
     encoder, k = run.model.encoder, run.cfg.eval_knn_k
@@ -254,7 +253,7 @@ def monitor_knn(run: Run, images: torch.Tensor) -> float:
     return knn_monitor(encoder, images[: len(train)], train.labels, test.inputs, test.labels, run.device, k)
 
 
-def save(run: Run, progress: Progress, aug_gen: torch.Generator) -> None:
+def save(run: Training, progress: Progress, aug_gen: torch.Generator) -> None:
     """Rank 0 writes the checkpoint, with every rank's augmentation generator state."""
     aug_states = dist.all_gather_objects(aug_gen.get_state())
     if not dist.is_main_process():
@@ -272,7 +271,7 @@ def save(run: Run, progress: Progress, aug_gen: torch.Generator) -> None:
     save_training_checkpoint(run.out, state, run.cfg)
 
 
-def restore(run: Run, state: dict[str, Any], aug_gen: torch.Generator) -> Progress:
+def restore(run: Training, state: dict[str, Any], aug_gen: torch.Generator) -> Progress:
     try:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -326,7 +325,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     features = None
     if labelled(run) and own is None:  # every rank encodes its share of the evaluation images
         assert run.test_data is not None
-        features = gather_eval_features(cfg, run.model.encoder, run.train_data, run.test_data, run.device)
+        features = gather_eval_features(cfg, run.modality, run.model.encoder, run.train_data, run.test_data, run.device)
     # Leave the group before the rest of the evaluation: fine-tuning copies of the encoder must
     # not try to synchronize BatchNorm with ranks that have finished.
     dist.barrier()
@@ -336,11 +335,11 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     save_encoder(run.out / "encoder.safetensors", run.model.encoder)
     results = None
     if own is not None:  # e.g. paired data: retrieval, zero-shot and the image probes
-        results = own.evaluate(cfg, run.model, run.train_data, run.test_data, run.device, run.out)
+        results = own.evaluate_trained(cfg, run.model, run.train_data, run.test_data, run.device, run.out)
     elif features is not None:
         assert run.test_data is not None
         results = evaluate_encoder(
-            cfg, run.model.encoder, run.train_data, run.test_data, run.device, run.out, features=features,
+            cfg, run.modality, run.model.encoder, run.train_data, run.test_data, run.device, run.out, features=features,
             head=run.model.head,
         )
     if cfg.report:

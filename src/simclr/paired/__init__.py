@@ -10,6 +10,7 @@ first side's encoder, so the kNN monitor, the probes, the report and the exports
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +20,19 @@ from torch import nn
 
 from simclr.errors import UserError
 from simclr.evaluate import save_eval
-from simclr.modality import Augment, Baseline, Objective, get
+from simclr.experiment import SingleEncoder
+from simclr.modality import (
+    PAIR_IMAGE_COLUMNS,
+    PAIR_TEXT_COLUMNS,
+    Augment,
+    Baseline,
+    Objective,
+    Results,
+    get,
+    header_names,
+)
 from simclr.model import ProjectionHead, SimCLR, feature_dim
+from simclr.paired.config import PairedConfig, validate
 from simclr.paired.data import Encoding, PairedData, heldout_split, load_pairs
 from simclr.paired.model import PairedModel, PairedObjective, build_temperature
 from simclr.text.data import TOKENIZER_FILE, load_tokenizer
@@ -29,6 +41,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from simclr.config import Config
+    from simclr.run import Run
 
 SETTINGS_FILE = "paired.json"  # beside the weights: the sides, the second side's input shape, the classes
 
@@ -72,8 +85,20 @@ def first_modality(cfg: Config) -> Any:
     return get(str(cfg.paired.modalities[0]))
 
 
-class PairedModality:
+class PairedModality(SingleEncoder):
     name = "paired"
+    config = PairedConfig
+    evaluates_unlabelled = True  # held-out pairs serve retrieval without labels
+
+    def validate(self, cfg: Config) -> None:
+        validate(cfg)
+
+    def claims(self, path: Path) -> bool:
+        """A CSV header (or the first JSONL object) with both an image column and a caption column."""
+        if path.suffix.lower() not in (".csv", ".jsonl") or not path.is_file():
+            return False
+        lower = {n.strip().lower() for n in header_names(path)}
+        return bool(lower & set(PAIR_IMAGE_COLUMNS)) and bool(lower & set(PAIR_TEXT_COLUMNS))
 
     def load(
         self, cfg: Config, source: str, input_shape: list[int] | None, run_dir: Path | None, like: Any | None = None
@@ -129,7 +154,7 @@ class PairedModality:
         return PairedObjective(model, self.build_augment(cfg, data.first_shape), data.second.to(device), second_augment,
                                channels_last)
 
-    def evaluate(
+    def evaluate_trained(
         self, cfg: Config, model: SimCLR, train: Any, test: Any | None, device: torch.device, out: Path
     ) -> dict[str, dict[str, float]] | None:
         """Retrieval, zero-shot and each side's probes on the held-out pairs; writes eval.json."""
@@ -144,6 +169,36 @@ class PairedModality:
         )
         save_eval(out / "eval.json", results, notes)
         return results
+
+
+    # What `simclr eval`, `embed` and `export` do with a trained paired run: both sides.
+
+    def load_network(self, cfg: Config, input_shape: list[int], run_dir: Path, state: dict[str, Any]) -> SimCLR:
+        from simclr.paired.commands import load_network
+
+        return load_network(cfg, input_shape, run_dir, state)
+
+    def evaluate(self, run: Run, cfg: Config, train: Any, test: Any | None, device: torch.device) -> Results:
+        if test is None:
+            raise UserError("paired evaluation needs held-out pairs")
+        results = self.evaluate_trained(cfg, run.model.to(device), train, test, device, run.dir)
+        assert results is not None
+        return results
+
+    def embed(self, run: Run, source: str, out: Path, side: str | None, device: torch.device) -> str:
+        from simclr.paired.commands import embed_run
+
+        return f"wrote the embeddings of {source} to {embed_run(run, source, out, side, device)}"
+
+    def export(self, run: Run, fmt: str, out: Path | None) -> Path:
+        """safetensors: both encoders and heads; another format: the first side's encoder as
+        that side's modality exports it."""
+        from simclr.paired.commands import export_paired
+
+        if fmt == "safetensors":
+            return export_paired(run, out)
+        first = get(run.cfg.paired.modalities[0])
+        return first.export(dataclasses.replace(run, modality=first), fmt, out)
 
 
 def templates_of(cfg: Config) -> list[str]:

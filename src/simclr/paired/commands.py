@@ -5,64 +5,52 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from simclr.checkpoint import atomic_write, load_checkpoint
-from simclr.config import Config, from_dict
+from simclr.checkpoint import atomic_write
+from simclr.config import Config
 from simclr.errors import UserError
 from simclr.evaluate import extract_features
-from simclr.paired import MODALITY, build_paired_model, read_settings, run_encoding
+from simclr.paired import build_paired_model, read_settings, run_encoding
 from simclr.paired.data import load_pairs
 from simclr.paired.model import PairedModel
+
+if TYPE_CHECKING:
+    from simclr.run import Run
 
 log = logging.getLogger("simclr")
 
 
-def load_paired_model(run_dir: Path) -> tuple[Config, PairedModel, list[int]]:
-    """(config, both encoders and heads with the last checkpoint's weights, first side's shape)."""
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    cfg = from_dict(state["config"])
-    cfg.data.modality = "paired"
+def load_network(cfg: Config, shape: list[int], run_dir: Path, state: dict[str, Any]) -> PairedModel:
+    """Both encoders and heads with the checkpoint's weights; `cfg` takes the run's sides."""
     settings = read_settings(run_dir)
     cfg.paired.modalities = list(settings["modalities"])
-    shape = [int(v) for v in state["input_shape"]]
     model = build_paired_model(cfg, shape, [int(v) for v in settings["second_shape"]])
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as e:
         raise UserError(f"{run_dir / 'checkpoint.pt'} does not fit a paired model: {str(e).splitlines()[0]}") from None
-    return cfg, model, shape
+    return model
 
 
-def evaluate_run(
-    run_dir: Path, cfg: Config, train: Any, test: Any | None, device: torch.device
-) -> dict[str, dict[str, float]]:
-    """`simclr eval` of a paired run (with `cfg`'s evaluation settings); writes eval.json."""
-    if test is None:
-        raise UserError("paired evaluation needs held-out pairs")
-    _, model, _ = load_paired_model(run_dir)
-    results = MODALITY.evaluate(cfg, model.to(device), train, test, device, run_dir)
-    assert results is not None
-    return results
-
-
-def embed_run(run_dir: Path, source: str, out: Path, side: str | None, device: torch.device) -> Path:
+def embed_run(run: Run, source: str, out: Path, side: str | None, device: torch.device) -> Path:
     """Write an .npz of every pair of `source`: for each side (named by its modality),
     `<side>_embeddings` (h, the encoder's output) and `<side>_shared` (the normalized projection
     into the shared space, what retrieval compares), with `ids` (first-side files, or rows),
     `labels` (-1 where unknown) and, with a text side, `texts` (the text embedded: for
     class-prompt captions one seeded draw of the templates). With a `side`, `embeddings` holds
     that side's h as for a single-modality run."""
-    cfg, model, shape = load_paired_model(run_dir)
+    cfg, model = run.cfg, run.model
+    assert isinstance(model, PairedModel)
     sides = [str(m) for m in cfg.paired.modalities]
     if side is not None and side not in sides:
         raise UserError(f"--side {side}: this run pairs {sides[0]} with {sides[1]}")
-    data, _ = load_pairs(source, cfg, run_encoding(run_dir, shape))
+    data, _ = load_pairs(source, cfg, run_encoding(run.dir, run.input_shape))
     inputs = data.side_inputs(cfg.seed)
     model = model.to(device)
     arrays: dict[str, np.ndarray] = {}
@@ -88,14 +76,14 @@ def embed_run(run_dir: Path, source: str, out: Path, side: str | None, device: t
     return out
 
 
-def export_paired(run_dir: Path, state: dict[str, Any], out: Path | None) -> Path:
+def export_paired(run: Run, out: Path | None) -> Path:
     """safetensors: the first side's encoder at `out` (default RUN/encoder.safetensors; the file
     a single-modality run exports), the second side's beside it (`<stem>-<modality>.safetensors`,
     e.g. encoder-text.safetensors) and both heads with the temperature (`<stem>-heads.safetensors`:
     keys <first>.*, <second>.*, temperature.*, e.g. image.*, text.*)."""
-    out = out or run_dir / "encoder.safetensors"
-    first, second = (str(m) for m in read_settings(run_dir)["modalities"])
-    model = {PairedModel.renamed(k): v for k, v in state["model"].items()}
+    out = out or run.dir / "encoder.safetensors"
+    first, second = (str(m) for m in run.cfg.paired.modalities)
+    model = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
 
     def part(prefix: str, rename: str = "") -> dict[str, torch.Tensor]:
         return {rename + k[len(prefix) :]: v.contiguous() for k, v in model.items() if k.startswith(prefix)}

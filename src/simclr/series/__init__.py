@@ -4,6 +4,7 @@ Euclidean baseline of the time-series classification literature (Dau et al. 2019
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,8 +14,10 @@ from torch import nn
 
 from simclr.errors import UserError
 from simclr.evaluate import feature_metrics
-from simclr.modality import Augment, Baseline
+from simclr.experiment import SingleEncoder
+from simclr.modality import Augment, Baseline, numeric_field
 from simclr.series.augment import SeriesAugment
+from simclr.series.config import SeriesConfig, validate
 from simclr.series.data import SeriesData, load_series
 from simclr.series.encoders import build_series_encoder
 
@@ -46,8 +49,25 @@ def raw_series_baseline(
     return "raw_series", row
 
 
-class SeriesModality:
+class SeriesModality(SingleEncoder):
     name = "series"
+    config = SeriesConfig
+
+    def validate(self, cfg: Config) -> None:
+        validate(cfg)
+
+    def claims(self, path: Path) -> bool:
+        """`.ts` (or a folder of them), or a CSV whose data fields are numbers (apart from an
+        `id`/`label` column)."""
+        if path.suffix.lower() == ".ts" or (path.is_dir() and any(path.glob("*.ts"))):
+            return True
+        if path.suffix.lower() != ".csv" or not path.is_file():
+            return False
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            rows = [row for _, row in zip(range(6), csv.reader(f), strict=False)]
+        body = rows[1:] if len(rows) > 1 else rows
+        fields = [v for row in body for v in row[1:-1]] or [v for row in body for v in row]
+        return bool(fields) and all(numeric_field(v) for v in fields)
 
     def load(
         self, cfg: Config, source: str, input_shape: list[int] | None, run_dir: Path | None, like: Any | None = None
@@ -73,9 +93,6 @@ class SeriesModality:
 
     def gallery(self, data: Any, augment: Augment, seed: int) -> Figure:
         return gallery_figure(data.inputs, augment, seed)
-
-    def save_artifacts(self, data: Any, out: Path) -> None:
-        """The standardization statistics are buffers of the encoder: nothing else to save."""
 
 
 def gallery_figure(x: torch.Tensor, augment: Augment, seed: int) -> Figure:

@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 from simclr.errors import UserError
+from simclr.experiment import SingleEncoder
 from simclr.modality import Augment, Baseline
 from simclr.probe import stratified_split
 from simclr.text.augment import TextAugment
+from simclr.text.config import TextConfig, validate
 from simclr.text.data import TOKENIZER_FILE, TextData, load_text, load_tokenizer
 from simclr.text.encoders import build_text_encoder
 
@@ -75,8 +77,16 @@ def tfidf_baseline(
     return "tfidf_lr", row
 
 
-class TextModality:
+class TextModality(SingleEncoder):
     name = "text"
+    config = TextConfig
+
+    def validate(self, cfg: Config) -> None:
+        validate(cfg)
+
+    def claims(self, path: Path) -> bool:
+        """Text files, and CSVs the modalities asked before (series: numbers) did not claim."""
+        return path.suffix.lower() in (".txt", ".jsonl", ".tsv", ".csv")
 
     def load(
         self, cfg: Config, source: str, input_shape: list[int] | None, run_dir: Path | None, like: Any | None = None

@@ -18,11 +18,13 @@ from torch import nn
 
 from simclr.errors import UserError
 from simclr.evaluate import feature_metrics
+from simclr.experiment import SingleEncoder
 from simclr.image import build_augment
 from simclr.modality import Augment, Baseline
 from simclr.model import build_encoder
 from simclr.video.augment import ClipAugment
-from simclr.video.data import VideoData, load_videos
+from simclr.video.config import VideoConfig, validate
+from simclr.video.data import VIDEO_SUFFIXES, VideoData, load_videos, video_folder
 from simclr.video.encoders import VIDEO_RESNETS, ClipEncoder, FramePooled, VideoResNet
 
 if TYPE_CHECKING:
@@ -68,8 +70,16 @@ def raw_pixels_baseline(
     return "raw_pixels", feature_metrics(xtr, train.labels.long(), xte, test.labels.long(), subsets, k, seed)
 
 
-class VideoModality:
+class VideoModality(SingleEncoder):
     name = "video"
+    config = VideoConfig
+
+    def validate(self, cfg: Config) -> None:
+        validate(cfg)
+
+    def claims(self, path: Path) -> bool:
+        """A video file, or a folder (with or without class subfolders) of mostly videos."""
+        return path.suffix.lower() in VIDEO_SUFFIXES or (path.is_dir() and video_folder(path))
 
     def load(
         self, cfg: Config, source: str, input_shape: list[int] | None, run_dir: Path | None, like: Any | None = None
@@ -98,9 +108,6 @@ class VideoModality:
 
     def gallery(self, data: Any, augment: Augment, seed: int) -> Figure:
         return gallery_figure(data.inputs, augment, seed)
-
-    def save_artifacts(self, data: Any, out: Path) -> None:
-        """The clip settings are in the run's config: nothing else to save."""
 
 
 def gallery_figure(videos: torch.Tensor, augment: Augment, seed: int, shown: int = 3, columns: int = 8) -> Figure:

@@ -15,10 +15,31 @@ from tqdm import tqdm
 
 from simclr.data.cache import Built, Slot, cache_root
 from simclr.errors import UserError
-from simclr.modality import VIDEO_SUFFIXES
 from simclr.video.io import read_video
 
 log = logging.getLogger("simclr")
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def video_folder(folder: Path, sample: int = 32) -> bool:
+    """Whether most of the first `sample` files of a folder (or of its class subfolders) are
+    videos. Stops early, so an image folder of a million files costs a few directory reads."""
+    found: list[str] = []
+    try:
+        for entry in folder.iterdir():  # unsorted: no full listing of a huge folder
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                found += [p.suffix.lower() for _, p in zip(range(4), entry.iterdir(), strict=False)
+                          if p.is_file() and not p.name.startswith(".")]
+            elif entry.is_file():
+                found.append(entry.suffix.lower())
+            if len(found) >= sample:
+                break
+    except OSError:
+        return False
+    return sum(s in VIDEO_SUFFIXES for s in found) > len(found) / 2
 
 
 @dataclass

@@ -1,0 +1,78 @@
+"""A trained run, opened once: its config, modality, input shape and network.
+
+    run = Run.open("runs/mine")
+    h = run.encoder(x)                       # f, the representation SimCLR keeps
+    train, test = run.datasets()             # the run's own data, encoded as it was trained
+
+`simclr eval`, `embed`, `report`, `distill` and `export` all start here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from simclr.checkpoint import load_checkpoint
+from simclr.config import Config, changed_keys, from_dict, load_config
+from simclr.errors import UserError
+from simclr.modality import Modality, get
+from simclr.model import ProjectionHead, SimCLR
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Run:
+    dir: Path
+    cfg: Config  # as trained; `data.modality` is the modality it was trained on
+    modality: Modality
+    input_shape: list[int]  # one sample's: images (C, H, W), series (C, T), text (L,), ...
+    model: SimCLR  # the last checkpoint's network: encoder f and projection head g
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.encoder
+
+    @property
+    def head(self) -> ProjectionHead:
+        return self.model.head
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Run:
+        """Read `run_dir/checkpoint.pt` once: config, modality (as recorded, never re-detected),
+        input shape and weights."""
+        run_dir = Path(run_dir)
+        state = load_checkpoint(run_dir / CHECKPOINT)
+        if "config" not in state or "input_shape" not in state:
+            raise UserError(f"{run_dir / CHECKPOINT} does not record its config and input shape")
+        cfg = from_dict(state["config"])
+        cfg.data.modality = str(state.get("modality", "image"))
+        modality = get(cfg.data.modality)
+        shape = [int(v) for v in state["input_shape"]]
+        model = modality.load_network(cfg, shape, run_dir, state)
+        return cls(run_dir, cfg, modality, shape, model.eval())
+
+    def config(self, overrides: list[str] | None = None) -> Config:
+        """The run's config with evaluation settings changed; what it trained cannot change."""
+        cfg = load_config(None, overrides or [], base=self.cfg)
+        changed = changed_keys(self.cfg, cfg, ("model",))
+        if changed:
+            raise UserError(f"{self.dir} was trained with its own {', '.join(changed)}; it cannot change now")
+        return cfg
+
+    def load(self, source: str, cfg: Config | None = None) -> Any:
+        """One data source, encoded as this run's encoder takes it (size, length, tokenizer)."""
+        data, _ = self.modality.load(cfg or self.cfg, source, self.input_shape, self.dir)
+        return data
+
+    def datasets(
+        self, cfg: Config | None = None, source: str | None = None, eval_source: str | None = None
+    ) -> tuple[Any, Any | None]:
+        """(training data, labelled held-out data or None), as `simclr.experiment.load_datasets`
+        splits them; by default the run's own sources."""
+        from simclr.experiment import load_datasets
+
+        return load_datasets(cfg or self.cfg, self.modality, source, eval_source, self.input_shape, self.dir)
