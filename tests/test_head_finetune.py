@@ -11,8 +11,9 @@ from torch import nn
 
 from simclr.config import load_config
 from simclr.errors import UserError
-from simclr.experiment import finetune_starts, load_trained_head
+from simclr.experiment import finetune_starts
 from simclr.finetune import FinetuneSettings, finetune
+from simclr.modality import get
 from simclr.model import ProjectionHead, build_model, head_layers
 
 
@@ -41,9 +42,8 @@ def trained(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 def test_head1_is_the_trained_first_layer(trained: tuple[Path, dict[str, torch.Tensor]]) -> None:
     run_dir, state = trained
     cfg = load_config(None, ["model.head_version=2"])
-    encoder = build_model("small_cnn", 1, 8).encoder
-    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
-    head = load_trained_head(run_dir, cfg, encoder)
+    model = get("image").load_network(cfg, [1, 8, 8], run_dir, torch.load(run_dir / "checkpoint.pt"))
+    encoder, head = model.encoder, model.head
     start = finetune_starts(encoder, head, ["head1"])["head1"].eval()
     x = torch.rand(4, 1, 8, 8)
     # relu(BN(W h)) from the checkpoint's tensors, written out.

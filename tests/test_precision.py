@@ -12,6 +12,7 @@ from simclr.config import load_config
 from simclr.device import NATIVE_BF16_ENV, native_bf16, use_bf16
 from simclr.errors import UserError
 from simclr.loss import nt_xent
+from simclr.modality import get
 from simclr.model import build_model
 from simclr.optim import build_optimizer
 from simclr.train import train_step
@@ -139,7 +140,7 @@ def test_the_environment_overrides_the_cpu_probes(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setattr(torch.cpu, probe, lambda: True, raising=False)
     monkeypatch.setenv(NATIVE_BF16_ENV, "0")
     assert native_bf16() is False
-    assert use_bf16("auto", torch.device("cpu"), "image") is False
+    assert use_bf16("auto", torch.device("cpu"), on_cpu=True) is False
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
     monkeypatch.setenv(NATIVE_BF16_ENV, "1")
@@ -152,10 +153,10 @@ def test_auto_precision_is_bf16_on_cuda_and_for_images_on_cpus_with_native_bf16(
 ) -> None:
     monkeypatch.setattr(device_module, "native_bf16", lambda: native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert use_bf16("auto", cpu, "image") is native
-    for modality in ("series", "text", "video"):  # not measured: float32
-        assert use_bf16("auto", cpu, modality) is False
-        assert use_bf16("auto", cuda, modality) is True
+    assert use_bf16("auto", cpu, get("image").bf16_on_cpu) is native
+    for modality in ("series", "text", "video"):  # float32 on the CPU
+        assert use_bf16("auto", cpu, get(modality).bf16_on_cpu) is False
+        assert use_bf16("auto", cuda, get(modality).bf16_on_cpu) is True
     for device in (cpu, cuda):  # an explicit choice is kept everywhere
-        assert use_bf16("bf16", device, "series") is True
-        assert use_bf16("fp32", device, "image") is False
+        assert use_bf16("bf16", device, on_cpu=False) is True
+        assert use_bf16("fp32", device, on_cpu=True) is False

@@ -187,15 +187,10 @@ def test_resume_with_other_model_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2 and "model.head_version" in result.stderr
 
 
-def _fake_run(tmp_path: Path, model: nn.Module) -> Path:
-    save_checkpoint(tmp_path / "checkpoint.pt", {"model": model.state_dict(), "progress": {"step": 1}})
-    return tmp_path
-
-
 @pytest.mark.parametrize("cifar_stem", [True, False])
 def test_export_loads_strictly_into_torchvision(tmp_path: Path, cifar_stem: bool) -> None:
     model = build_model("resnet18", 3, 32 if cifar_stem else 224)
-    path = export_encoder(_fake_run(tmp_path, model), "torchvision")
+    path = export_encoder(model.encoder, [3, 32, 32], "torchvision", tmp_path / "encoder.pt")
     net = torchvision.models.resnet18()
     net.fc = nn.Identity()  # type: ignore[assignment]
     if cifar_stem:  # the documented CIFAR stem
@@ -207,7 +202,7 @@ def test_export_loads_strictly_into_torchvision(tmp_path: Path, cifar_stem: bool
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(net(x), model.encoder(x))
 
-    st = export_encoder(tmp_path, "safetensors", tmp_path / "enc.safetensors")
+    st = export_encoder(model.encoder, [3, 32, 32], "safetensors", tmp_path / "enc.safetensors")
     assert load_file(str(st)).keys() == model.encoder.state_dict().keys()
 
 

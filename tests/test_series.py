@@ -16,10 +16,12 @@ from conftest import TEST_DEVICE
 from sklearn.neighbors import KNeighborsClassifier
 
 from simclr.cli import main
+from simclr.data.columns import LABEL_COLUMNS
 from simclr.errors import UserError
 from simclr.modality import detect
 from simclr.series import SeriesAugment, build_series_encoder, load_series, nearest_neighbour_accuracy
 from simclr.series.data import read_csv, read_ts, resample
+from simclr.text.data import read_texts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucr_uea_ts"
 
@@ -65,6 +67,18 @@ def test_npz_and_csv_sources(tmp_path: Path) -> None:
     series, labels = read_csv(tmp_path / "long.csv", None)
     assert labels == ["u", "v"] and series[0].tolist() == [[1, 5], [2, 6]]  # sorted by time, (C, T)
     assert series[1].shape == (2, 3)
+
+
+@pytest.mark.parametrize("column", [*LABEL_COLUMNS, "Category"])
+def test_series_and_text_find_the_same_label_columns(tmp_path: Path, column: str) -> None:
+    """One list of label-column names for every modality: a labelled CSV keeps its labels
+    whether it is read as series or as text."""
+    (tmp_path / "s.csv").write_text(f"{column},v1,v2,v3\ncat,1,2,3\ndog,3,2,1\n")
+    assert read_csv(tmp_path / "s.csv", None)[1] == ["cat", "dog"]
+    (tmp_path / "t.csv").write_text(f"text,{column}\na cat sat,cat\na dog ran,dog\n")
+    assert read_texts(tmp_path / "t.csv") == (["a cat sat", "a dog ran"], ["cat", "dog"])
+    with pytest.raises(UserError, match=r"s\.csv: no column 'kind' \(series\.label_column\); columns: "):
+        read_csv(tmp_path / "s.csv", "kind")
 
 
 @pytest.mark.parametrize(("content", "message"), [

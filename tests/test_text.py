@@ -14,10 +14,10 @@ import torch
 from conftest import TEST_DEVICE
 
 from simclr.cli import main
-from simclr.config import TextConfig
 from simclr.errors import UserError
 from simclr.modality import detect
 from simclr.text import TextAugment, build_text_encoder, load_text, tfidf_lr
+from simclr.text.config import TextConfig
 from simclr.text.data import MASK, PAD, read_texts
 
 SMS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sms_spam" / "SMSSpamCollection"

@@ -169,31 +169,3 @@ def resolve(cfg: Config, source: str | None = None) -> Modality:
     name = cfg.data.modality
     return get(detect(source or cfg.data.source) if name == "auto" else name)
 
-
-def numeric_field(field: str) -> bool:
-    """A CSV field a series may hold: a number, or empty / `?` / NaN for a missing value."""
-    try:
-        float(field)
-    except ValueError:
-        return field.strip() in ("", "?", "nan", "NaN")
-    return True
-
-
-# A manifest of (image, caption) pairs names both columns; a text file never has an image column.
-PAIR_IMAGE_COLUMNS = ("image", "image_path", "file", "filename", "path")
-PAIR_TEXT_COLUMNS = ("text", "caption", "sentence", "description", "prompt")
-
-
-def header_names(path: Path) -> list[str]:
-    """The column names of a CSV header, or the keys of a JSONL file's first object."""
-    import csv
-    import json
-
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        first = f.readline()
-    if path.suffix.lower() == ".jsonl":
-        try:
-            return list(json.loads(first)) if first.strip().startswith("{") else []
-        except json.JSONDecodeError:
-            return []
-    return next(csv.reader([first]), [])

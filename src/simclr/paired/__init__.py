@@ -18,22 +18,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from simclr.data.columns import header_names
 from simclr.errors import UserError
 from simclr.evaluate import save_eval
 from simclr.experiment import SingleEncoder
-from simclr.modality import (
-    PAIR_IMAGE_COLUMNS,
-    PAIR_TEXT_COLUMNS,
-    Augment,
-    Baseline,
-    Objective,
-    Results,
-    get,
-    header_names,
-)
+from simclr.modality import Augment, Baseline, Objective, Results, get
 from simclr.model import ProjectionHead, SimCLR, feature_dim
 from simclr.paired.config import PairedConfig, validate
-from simclr.paired.data import Encoding, PairedData, heldout_split, load_pairs
+from simclr.paired.data import PAIR_IMAGE_COLUMNS, PAIR_TEXT_COLUMNS, Encoding, PairedData, heldout_split, load_pairs
 from simclr.paired.model import PairedModel, PairedObjective, build_temperature
 from simclr.text.data import TOKENIZER_FILE, load_tokenizer
 

@@ -36,7 +36,7 @@ class PairedConfig:
     text_column: str | None = None  # manifest; None: text / caption / ...
     series_column: str | None = None  # manifest, series inline; None: series / values / signal / sequence
     video_column: str | None = None  # manifest; None: video / video_path / clip
-    label_column: str | None = None  # manifest, optional; None: label / class / category when present
+    label_column: str | None = None  # manifest, optional; None: simclr.data.columns.LABEL_COLUMNS
 
 
 def validate(cfg: Config) -> None:

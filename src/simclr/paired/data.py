@@ -34,16 +34,17 @@ import numpy as np
 import torch
 
 from simclr.data.cache import Built, Slot, cache_root
+from simclr.data.columns import LABEL_COLUMNS, header_names, pick_column
 from simclr.data.decode import auto_size, decode_entries
 from simclr.data.imagedata import ImageData
 from simclr.data.images import UNREADABLE
 from simclr.data.listing import MAX_FILE_BYTES, Entry, printable
 from simclr.data.skipped import refuse_if_strict, skip_summary
 from simclr.errors import UserError
-from simclr.modality import PAIR_IMAGE_COLUMNS, PAIR_TEXT_COLUMNS, detect, get, header_names
+from simclr.modality import detect, get
 from simclr.probe import stratified_split
 from simclr.series.data import SeriesData, resample
-from simclr.text.data import LABEL_NAMES, TextData, encode, train_tokenizer
+from simclr.text.data import TextData, encode, train_tokenizer
 
 if TYPE_CHECKING:
     from simclr.config import Config
@@ -52,6 +53,9 @@ log = logging.getLogger("simclr")
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 SHOWN_SKIPPED = 5  # skipped files named in the warning; all of them go to skipped_files.txt
+# A manifest of (image, caption) pairs names both columns; a text file never has an image column.
+PAIR_IMAGE_COLUMNS = ("image", "image_path", "file", "filename", "path")
+PAIR_TEXT_COLUMNS = ("text", "caption", "sentence", "description", "prompt")
 PAIR_SERIES_COLUMNS = ("series", "values", "signal", "sequence")
 PAIR_VIDEO_COLUMNS = ("video", "video_path", "clip")
 
@@ -151,15 +155,6 @@ def class_prompts(name: str, templates: list[str]) -> list[str]:
     return [t.replace("{}", name.replace("_", " ")) for t in templates]
 
 
-def _column(names: list[str], wanted: str | None, defaults: tuple[str, ...], path: Path, key: str) -> str | None:
-    lower = {n.strip().lower(): n for n in names}
-    if wanted is not None:
-        if wanted.lower() not in lower:
-            raise UserError(f"{path}: no column {wanted!r} ({key}); columns: {', '.join(names)}")
-        return lower[wanted.lower()]
-    return next((lower[n] for n in defaults if n in lower), None)
-
-
 def side_columns(cfg: Config) -> dict[str, tuple[str | None, tuple[str, ...]]]:
     """Per side modality: (the configured manifest column or None, the names looked for)."""
     p = cfg.paired
@@ -208,13 +203,13 @@ def read_manifest(
     values = []
     for modality in modalities:
         wanted, defaults = columns[modality]
-        col = _column(names, wanted, defaults, path, f"paired.{modality}_column")
+        col = pick_column(names, wanted, defaults, path, f"paired.{modality}_column")
         if col is None:
             raise UserError(f"{path}: no {modality} column (one of {', '.join(defaults)}, or set "
                             f"paired.{modality}_column); columns: {', '.join(names)}")
-        values.append([r.get(col, "").strip() for r in rows])
-    label_col = _column(names, cfg.paired.label_column, LABEL_NAMES, path, "paired.label_column")
-    labels = [r.get(label_col, "").strip() for r in rows] if label_col is not None else None
+        values.append([r.get(names[col], "").strip() for r in rows])
+    label_col = pick_column(names, cfg.paired.label_column, LABEL_COLUMNS, path, "paired.label_column")
+    labels = [r.get(names[label_col], "").strip() for r in rows] if label_col is not None else None
     return values[0], values[1], labels
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from simclr.data.columns import numeric_field
 from simclr.errors import UserError
 from simclr.evaluate import feature_metrics
 from simclr.experiment import SingleEncoder
-from simclr.modality import Augment, Baseline, numeric_field
+from simclr.modality import Augment, Baseline
 from simclr.series.augment import SeriesAugment
 from simclr.series.config import SeriesConfig, validate
 from simclr.series.data import SeriesData, load_series

@@ -16,7 +16,7 @@ class SeriesConfig:
     layers: int = 2  # recurrent / Transformer layers
     bidirectional: bool = True  # gru and lstm read the series both ways
     length: int | None = None  # None: the longest series; every series is resampled to it
-    label_column: str | None = None  # CSV: the label column's name; None: label/class/target
+    label_column: str | None = None  # CSV; None: one of simclr.data.columns.LABEL_COLUMNS
     crop_min: float = 0.5  # window length ~ U(crop_min, 1) × T, resized back to T (linear)
     jitter: float = 0.05  # additive noise std, relative to each series' channel std
     scale: float = 0.1  # per-channel factor ~ N(1, scale)

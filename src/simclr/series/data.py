@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from simclr.data.columns import LABEL_COLUMNS, first_column, numeric_field, pick_column
 from simclr.errors import UserError
-from simclr.modality import numeric_field
 
-LABEL_NAMES = ("label", "class", "target", "y")
 ID_NAMES = ("id", "series", "case", "series_id", "sample")
 TIME_NAMES = ("time", "t", "timestamp", "step")
 
@@ -145,26 +144,22 @@ def _array_pair(z: np.lib.npyio.NpzFile, path: Path) -> tuple[Raw, Raw | None]:
 
 
 def read_csv(path: Path, label_column: str | None) -> Raw:
-    """One series per row (an optional header; the label column named `label_column`, or one of
-    label/class/target/y), or long format: a header with an id column (id/series/case), rows
-    grouped by it and ordered by a time column when there is one, every other numeric column a
-    channel."""
+    """One series per row (an optional header; the label column named `label_column`, `first` or
+    `last`, or one of simclr.data.columns.LABEL_COLUMNS), or long format: a header with an id
+    column (id/series/case), rows grouped by it and ordered by a time column when there is one,
+    every other numeric column a channel."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         rows = [r for r in csv.reader(f, delimiter=delimiter) if r and any(v.strip() for v in r)]
     if not rows:
         raise UserError(f"{path}: empty CSV")
-    header = [h.strip().lower() for h in rows[0]] if not all(numeric_field(v) for v in rows[0]) else None
+    header = rows[0] if not all(numeric_field(v) for v in rows[0]) else None
+    names = header or []
     body = rows[1:] if header else rows
-    if label_column is not None:
-        if label_column in ("first", "last"):
-            label_at: int | None = 0 if label_column == "first" else len(rows[0]) - 1
-        elif header and label_column.lower() in header:
-            label_at = header.index(label_column.lower())
-        else:
-            raise UserError(f"{path}: no column {label_column!r} (series.label_column)")
+    if label_column in ("first", "last"):
+        label_at: int | None = 0 if label_column == "first" else len(rows[0]) - 1
     else:
-        label_at = next((header.index(n) for n in LABEL_NAMES if header and n in header), None)
+        label_at = pick_column(names, label_column, LABEL_COLUMNS, path, "series.label_column")
 
     def number(v: str, line: int) -> float:
         try:
@@ -172,7 +167,7 @@ def read_csv(path: Path, label_column: str | None) -> Raw:
         except ValueError:
             raise UserError(f"{path}:{line}: {v!r} is not a number") from None
 
-    id_at = next((header.index(n) for n in ID_NAMES if header and n in header), None)
+    id_at = first_column(names, ID_NAMES)
     if id_at is None:  # wide: one univariate series per row
         series, labels = [], []
         for line, row in enumerate(body, 2 if header else 1):
@@ -182,7 +177,7 @@ def read_csv(path: Path, label_column: str | None) -> Raw:
                 labels.append(row[label_at].strip())
         return series, labels if label_at is not None else None
     assert header is not None
-    time_at = next((header.index(n) for n in TIME_NAMES if n in header), None)
+    time_at = first_column(names, TIME_NAMES)
     channels = [i for i in range(len(header)) if i not in (id_at, label_at, time_at)]
     groups: dict[str, list[tuple[float, list[float], str | None]]] = {}
     for line, row in enumerate(body, 2):

@@ -1,6 +1,7 @@
 """Encoders f for series (B, C, T) -> h (B, out_dim): the FCN and ResNet of Wang et al. 2017
 ("Time series classification from scratch with deep neural networks: a strong baseline"), GRU and
-LSTM (the recurrent encoders the original description names), and a small Transformer.
+LSTM (the recurrent encoders the original description names), and a small Transformer; the last
+three are the sequence encoders of simclr.sequence, shared with text, over the series' steps.
 
 Every encoder starts with `Standardize`: per-channel mean and std of the pretraining data, kept
 as buffers, so raw series go in (what `simclr embed` gets) and the statistics travel with the
@@ -14,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from simclr.sequence import RecurrentEncoder, TransformerEncoder
 
 
 class Standardize(nn.Module):
@@ -83,20 +86,17 @@ class ResNet1D(nn.Module):
 
 
 class Recurrent(nn.Module):
-    """GRU or LSTM over the time steps; h is the mean of the top layer's outputs over time
-    (both directions when bidirectional), which uses every step rather than the last alone."""
+    """Standardized channels, one step per time step, into the shared GRU or LSTM."""
 
     def __init__(self, channels: int, kind: str = "gru", width: int = 128, layers: int = 2,
                  bidirectional: bool = True) -> None:
         super().__init__()
         self.norm = Standardize(channels)
-        rnn = nn.GRU if kind == "gru" else nn.LSTM
-        self.rnn = rnn(channels, width, layers, batch_first=True, bidirectional=bidirectional)
-        self.out_dim = width * (2 if bidirectional else 1)
+        self.body = RecurrentEncoder(channels, kind, width, layers, bidirectional)
+        self.out_dim = self.body.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(self.norm(x).transpose(1, 2))  # (B, T, out_dim)
-        return out.mean(1)  # type: ignore[no-any-return]
+        return self.body(self.norm(x).transpose(1, 2))  # type: ignore[no-any-return]  # steps (B, T, C)
 
 
 def sinusoid(t: int, d: int, device: torch.device) -> torch.Tensor:
@@ -110,23 +110,21 @@ def sinusoid(t: int, d: int, device: torch.device) -> torch.Tensor:
 
 
 class SeriesTransformer(nn.Module):
-    """Patches of the series (a strided conv) as tokens, sinusoidal positions, pre-norm
-    Transformer layers, mean pooling. Patches of T/32 steps keep attention cheap on long series."""
+    """Patches of the series (a strided conv) as tokens, sinusoidal positions, then the shared
+    Transformer. Patches of T/32 steps keep attention cheap on long series."""
 
     def __init__(self, channels: int, length: int, width: int = 128, layers: int = 2, heads: int = 4) -> None:
         super().__init__()
         self.norm = Standardize(channels)
         patch = max(1, length // 32)
         self.embed = nn.Conv1d(channels, width, patch, stride=patch)
-        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.1, batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.final = nn.LayerNorm(width)
+        self.body = TransformerEncoder(width, layers, heads, dropout=0.1)
         self.out_dim = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(self.norm(x)).transpose(1, 2)  # (B, T/patch, w)
         tokens = tokens + sinusoid(tokens.shape[1], tokens.shape[2], tokens.device)
-        return self.final(self.blocks(tokens).mean(1))  # type: ignore[no-any-return]
+        return self.body(tokens)  # type: ignore[no-any-return]
 
 
 # (channels, length, width, layers, bidirectional) -> encoder

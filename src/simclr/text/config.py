@@ -19,7 +19,7 @@ class TextConfig:
     vocab_size: int = 8000  # word pieces, learned from the corpus (Hugging Face tokenizers)
     max_length: int = 128  # tokens kept per text
     text_column: str | None = None  # CSV/TSV/JSONL; None: text/sentence/..., else all text columns
-    label_column: str | None = None  # None: label/class/category/target when present
+    label_column: str | None = None  # None: one of simclr.data.columns.LABEL_COLUMNS
     crop_min: float = 0.6  # one span of ~U(crop_min, 1) of the tokens
     word_dropout: float = 0.1  # each token deleted with this probability
     mask_prob: float = 0.1  # each token replaced by [MASK]...

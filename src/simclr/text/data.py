@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from simclr.data.columns import LABEL_COLUMNS, pick_column
 from simclr.errors import UserError
 
 PAD, UNK, MASK = 0, 1, 2
 SPECIAL = ["[PAD]", "[UNK]", "[MASK]"]
 TEXT_NAMES = ("text", "sentence", "content", "document", "review", "message", "body")
-LABEL_NAMES = ("label", "labels", "class", "category", "target", "y")
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -56,20 +56,11 @@ class TextData:
                         list(self.skipped), self.classes)
 
 
-def _pick(names: list[str], wanted: str | None, defaults: tuple[str, ...], path: Path, key: str) -> int | None:
-    lower = [n.strip().lower() for n in names]
-    if wanted is not None:
-        if wanted.lower() not in lower:
-            raise UserError(f"{path}: no column {wanted!r} ({key}); columns: {', '.join(names)}")
-        return lower.index(wanted.lower())
-    return next((lower.index(n) for n in defaults if n in lower), None)
-
-
 def _from_rows(
     rows: list[list[str]], names: list[str], path: Path, text_column: str | None, label_column: str | None
 ) -> tuple[list[str], list[str] | None]:
-    label_at = _pick(names, label_column, LABEL_NAMES, path, "text.label_column")
-    text_at = _pick(names, text_column, TEXT_NAMES, path, "text.text_column")
+    label_at = pick_column(names, label_column, LABEL_COLUMNS, path, "text.label_column")
+    text_at = pick_column(names, text_column, TEXT_NAMES, path, "text.text_column")
     text_cols = [text_at] if text_at is not None else [i for i in range(len(names)) if i != label_at]
     if not text_cols:
         raise UserError(f"{path}: no text column (set text.text_column)")
@@ -108,7 +99,7 @@ def read_texts(
     dialect = {"delimiter": ","} if suffix == ".csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
     rows = [r for r in csv.reader(raw.splitlines(), **dialect) if any(v.strip() for v in r)]  # type: ignore[arg-type]
     first = [v.strip().lower() for v in rows[0]]
-    known = {*TEXT_NAMES, *LABEL_NAMES, *(c.lower() for c in (text_column, label_column) if c)}
+    known = {*TEXT_NAMES, *LABEL_COLUMNS, *(c.lower() for c in (text_column, label_column) if c)}
     if known & set(first):  # a header row
         return _from_rows(rows[1:], rows[0], path, text_column, label_column)
     pairs = [r for r in rows if len(r) == 2]
