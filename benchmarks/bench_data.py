@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from simclr.data import load_images
+from simclr import load_images
 
 DEFAULT_SOURCE = (
     Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10_jpeg"

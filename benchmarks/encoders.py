@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from simclr.model import build_encoder
+from simclr import build_encoder
 
 ENCODERS = ("small_cnn", "resnet18", "resnet18_w2", "resnet50", "resnet50_sk", "resnet50_w2", "resnet50_w2_sk")
 
