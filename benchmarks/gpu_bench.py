@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import TEMPERATURE, median, naive_nt_xent
 
-from simclr.augment import ImageAugment, two_views
-from simclr.loss import nt_xent
-from simclr.model import build_model
-from simclr.optim import build_optimizer
+from simclr import ImageAugment, build_model, build_optimizer, nt_xent, two_views
 
 
 def sync(device: torch.device) -> None:
@@ -285,8 +283,8 @@ def main() -> int:
     ):
         if small:
             size, batch = min(size, 32), 8
-        section(f"train_{name}", lambda e=encoder, s=size, b=batch, f=bf16: bench_training(
-            device, e, s, b, 2 if small else 10, f, channels_last=True))
+        section(f"train_{name}", partial(bench_training, device, encoder, size, batch, 2 if small else 10, bf16,
+                                         channels_last=True))
     train = {k.removeprefix("train_"): v for k, v in res.items() if k.startswith("train_") and "error" not in v}
 
     def ok(key: str) -> bool:

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from simclr.data import load_images
-from simclr.video.io import write_video
+from simclr import load_images
+from simclr.video.io import write_video  # the clip writer and renderer: video-modality internals
 from simclr.video.moving_digits import render_clips
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def seconds_per_step(folder: Path, overrides: list[str], steps: int = 3) -> tupl
     returns (seconds per step, steps per epoch)."""
     from step_timing import seconds_per_step as timed
 
-    from simclr.config import load_config
+    from simclr import load_config
 
     return timed(load_config(None, [f"data.source={folder}", *overrides]), steps)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import step_timing  # benchmarks/, beside this script
 import torch
 
-from simclr.config import load_config
+from simclr import load_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # The paper's advice for small batches and few epochs (appendix B.1): square-root learning-rate

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import torch
 
-from simclr.config import load_config
-from simclr.experiment import input_shape_of, load_datasets
-from simclr.modality import get
-from simclr.optim import build_optimizer
-from simclr.train import update
+from simclr import build_optimizer, load_config
+from simclr.experiment import input_shape_of, load_datasets  # the run's own splits, as `simclr train` loads them
+from simclr.modality import get, trainer_of
+from simclr.train import update  # the loop's own update (zero_grad, backward, step)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # AdamW as in CLIP (LARS is SimCLR's large-batch optimizer), fixed learning rate (no batch
@@ -65,10 +64,12 @@ def seconds_per_step(overrides: list[str], train_source: Path, steps: int = 5) -
     """Measured time of one training step (after a warm-up) and the steps in one epoch."""
     cfg = load_config(None, [*overrides, f"data.source={train_source}"])
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    train, _ = load_datasets(cfg)  # decodes into the cache the run reads again
     modality = get("paired")
-    model = modality.build_model(cfg, input_shape_of(train), train)  # type: ignore[attr-defined]
-    objective = modality.objective(cfg, model, train, torch.device("cpu"))  # type: ignore[attr-defined]
+    trainer = trainer_of(modality)  # paired data trains its own network with its own loss
+    assert trainer is not None
+    train, _ = load_datasets(cfg, modality)  # decodes into the cache the run reads again
+    model = trainer.build_model(cfg, input_shape_of(train), train)
+    objective = trainer.objective(cfg, model, train, torch.device("cpu"))
     optimizer = build_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay)
     gen = torch.Generator().manual_seed(0)
     rows = torch.arange(cfg.batch_size)

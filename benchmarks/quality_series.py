@@ -21,13 +21,9 @@ from pathlib import Path
 
 import torch
 
-from simclr.augment import two_views
-from simclr.config import load_config
-from simclr.experiment import input_shape_of, load_datasets
+from simclr import build_model, build_optimizer, load_config, train, train_step, two_views
+from simclr.experiment import input_shape_of, load_datasets  # the run's own splits, as `simclr train` loads them
 from simclr.modality import get
-from simclr.model import build_model
-from simclr.optim import build_optimizer
-from simclr.train import train, train_step
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucr_uea_ts"
 SETS = ("PenDigits", "UWaveGestureLibrary", "Epilepsy", "RacketSports", "Libras", "SwedishLeaf", "TwoLeadECG")
@@ -42,8 +38,8 @@ def seconds_per_step(overrides: list[str], steps: int = 4) -> tuple[float, int]:
     """Measured time of one training step (after a warm-up) and the steps in one epoch."""
     cfg = load_config(None, overrides)
     torch.set_num_threads(1)
-    train_data, test_data = load_datasets(cfg)
     modality = get("series")
+    train_data, test_data = load_datasets(cfg, modality)
     shape = input_shape_of(train_data)
     model = build_model(modality.build_encoder(cfg, shape, train_data))
     optimizer = build_optimizer(model, cfg.optim.name, 0.1, cfg.optim.weight_decay)

@@ -24,11 +24,9 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from simclr.config import load_config
-from simclr.evaluate import balanced_subset, extract_features
-from simclr.experiment import load_datasets, load_trained_encoder
-from simclr.text import tfidf_lr
-from simclr.train import train
+from simclr import Run, load_config, train
+from simclr.evaluate import balanced_subset, extract_features  # the evaluation suite's own helpers
+from simclr.text import tfidf_lr  # the text modality's baseline
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CASES = {
@@ -75,9 +73,10 @@ def main() -> None:
         _, evaluation = train(cfg)
         wall = time.perf_counter() - start
         assert evaluation is not None
-        cfg, encoder, shape = load_trained_encoder(out)
-        tr, te = load_datasets(cfg, input_shape=shape, run_dir=out)
-        assert tr.labels is not None and te.labels is not None
+        run = Run.open(out)
+        encoder = run.encoder
+        tr, te = run.datasets()
+        assert te is not None and tr.labels is not None and te.labels is not None
         ytr, yte = tr.labels.numpy(), te.labels.numpy()
         binary = len(np.unique(ytr)) == 2
         htr, hte = extract_features(encoder, tr.inputs).numpy(), extract_features(encoder, te.inputs).numpy()

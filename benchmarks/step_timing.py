@@ -6,13 +6,10 @@ import time
 
 import torch
 
-from simclr.augment import two_views
-from simclr.config import Config
-from simclr.experiment import input_shape_of, load_datasets
-from simclr.modality import get, resolve
-from simclr.model import build_model
-from simclr.optim import build_optimizer
-from simclr.train import nhwc, train_step
+from simclr import Config, build_model, build_optimizer, train_step, two_views
+from simclr.experiment import input_shape_of, load_datasets  # the run's own splits, as `simclr train` loads them
+from simclr.modality import resolve
+from simclr.train import nhwc  # the loop's memory-layout rule
 
 # What `simclr train` spends beyond the steps themselves (metrics, checkpoints, the kNN monitor,
 # progress bar): its MNIST run took 0.197 s per step where these steps took 0.166 s.
@@ -23,8 +20,9 @@ def seconds_per_step(cfg: Config, steps: int) -> tuple[float, int]:
     """Time `steps` real training steps (after one warm-up) of the run's model on random
     batches, as the loop runs them (memory layout included) through its modality's encoder and
     views; returns (seconds per step of the whole loop, steps per epoch)."""
-    train_data, _ = load_datasets(cfg)
-    modality, shape = get(resolve(cfg)), input_shape_of(train_data)
+    modality = resolve(cfg)
+    train_data, _ = load_datasets(cfg, modality)
+    shape = input_shape_of(train_data)
     model = build_model(modality.build_encoder(cfg, shape, train_data), proj_dim=cfg.model.proj_dim)
     layout = torch.channels_last if nhwc(cfg, shape) else torch.contiguous_format
     model = model.to(memory_format=layout)  # type: ignore[call-overload]

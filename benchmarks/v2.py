@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simclr.data import load_images
+from simclr import load_images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
 # quality.py's short-run settings: sqrt learning-rate scaling (SimCLR appendix B.1), τ = 0.5.

@@ -117,8 +117,8 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     report: bool = True  # write report.html at the end of training
     threads: int | None = None  # torch CPU threads; None: torch's default
-    # NHWC memory layout for the encoder and its inputs (faster convolutions with oneDNN and
-    # cuDNN; `make bench` measures it). Results differ from NCHW only by float rounding.
+    # NHWC memory layout for the encoder and its inputs: the layout oneDNN's and cuDNN's fast
+    # convolutions use. Results differ from NCHW only by float rounding.
     channels_last: bool = True
     # Forward passes in bfloat16 autocast (the loss and the optimizer stay in float32). auto:
     # bf16 on CUDA, and for images on CPUs that compute it natively (AVX512-BF16, AMX); float32
