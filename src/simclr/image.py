@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def build_augment(cfg: AugmentConfig, image_size: int, compiled: bool = False) -> ImageAugment:
     """The paper's recipe, or its CIFAR variant (colour strength 0.5, no blur) for small images;
-    `compiled`: the colour jitter fused by torch.compile (the run's `compile=true`)."""
+    `compiled`: the crop, jitter and blur fused by torch.compile (the run's `compile=true`)."""
     recipe = cfg.recipe
     if recipe == "auto":
         recipe = "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
