@@ -233,7 +233,7 @@ def bench_training(device: torch.device, encoder: str, size: int, batch: int, it
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "gpu-results.json"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "gpu.json"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks that this script runs")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():

@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--mnist", default=str(ROOT.parent / "shared/datasets/mnist"))
     parser.add_argument("--out", default=str(ROOT / "runs/moving_mnist_clips"), help="the clip folder")
     parser.add_argument("--run", default=str(ROOT / "runs/moving_mnist"), help="the simclr run directory")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks/moving_mnist_results.json"))
+    parser.add_argument("--results", default=str(ROOT / "benchmarks/results/moving_mnist.json"))
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--canvas", type=int, default=64, help="rendered size; the run reads 32 px")

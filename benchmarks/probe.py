@@ -3,7 +3,7 @@ the same grid, warm starts and validation split, side by side on the same featur
 
     python benchmarks/probe.py [--rows N]   # MNIST pixels from ../shared, else scikit-learn digits
 
-Prints seconds and test accuracy of each and writes benchmarks/probe_results.json.
+Prints seconds and test accuracy of each and writes benchmarks/results/probe.json.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main() -> None:
         print(f"{label:>14}: {result[label]['seconds']:7.1f} s  accuracy {acc:.4f}", flush=True)  # type: ignore[index]
     ours, ref = result["ours"], result["scikit-learn"]
     print(f"speed-up {ref['seconds'] / ours['seconds']:.1f}× on {name} {xtr.shape}")  # type: ignore[index]
-    out = Path(__file__).resolve().parent / "probe_results.json"
+    out = Path(__file__).resolve().parent / "results" / "probe.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -3,7 +3,7 @@
 For each dataset: time a few real training steps of the chosen model, pick the number of epochs
 that fits the pretraining share of the budget (so the learning-rate schedule runs to its end),
 run `simclr train` with a separate labelled test set, and collect eval.json. Prints a Markdown
-table and writes benchmarks/quality_results.json. Needs ../shared/datasets (skips what is absent).
+table and writes benchmarks/results/quality.json. Needs ../shared/datasets (skips what is absent).
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def main() -> None:
 
 
 def collect(out: Path, names: list[str]) -> dict[str, dict[str, object]]:
-    """Each finished run's settings and evaluation, written to benchmarks/quality_results.json."""
-    path = Path(__file__).with_name("quality_results.json")
+    """Each finished run's settings and evaluation, written to benchmarks/results/quality.json."""
+    path = Path(__file__).parent / "results" / "quality.json"
     # Keep the other datasets' published rows when only some are rerun (--only).
     results: dict[str, dict[str, object]] = json.loads(path.read_text()) if path.exists() else {}
     for name in names:

@@ -115,7 +115,7 @@ def main() -> None:
     rows = ("paired", "random_init", str(case["baseline"]))
     result = {"epochs": epochs, "wall_s": round(wall), "final_temperature": temperature, "overrides": overrides,
               **{row: evaluation[row] for row in rows}}
-    path = Path(__file__).with_name("quality_paired_results.json")
+    path = Path(__file__).parent / "results" / "quality_paired.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results[args.case] = result  # the other cases' published rows stay
     path.write_text(json.dumps(results, indent=2) + "\n")

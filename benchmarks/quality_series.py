@@ -8,7 +8,7 @@ and the number of epochs is what fits (so the learning-rate schedule runs to its
 
     python benchmarks/quality_series.py [--budget-s 150] [--only Libras ...]
 
-Prints a Markdown table and writes benchmarks/quality_series_results.json.
+Prints a Markdown table and writes benchmarks/results/quality_series.json.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="a set name (repeatable); default: the seven shared sets")
     parser.add_argument("--root", default=str(SHARED),
                         help="folder of <Name>/<Name>_TRAIN.ts + _TEST.ts, e.g. the data folder of the aeon wheel")
-    parser.add_argument("--results", default="benchmarks/quality_series_results.json")
+    parser.add_argument("--results", default="benchmarks/results/quality_series.json")
     parser.add_argument("--out", default="runs/quality_series")
     parser.add_argument("overrides", nargs="*", help="extra key=value settings for every set")
     args = parser.parse_args()

@@ -92,7 +92,7 @@ def main() -> None:
             row[f"{who}_{SHOTS}shot"] = {m: float(np.mean([r[m] for r in runs])) for m in runs[0]}
         results[name] = row
         print(json.dumps({k: v for k, v in row.items() if k != "suite"}), flush=True)
-    Path("benchmarks/quality_text_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    Path("benchmarks/results/quality_text.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n| set | metric | SimCLR {SHOTS}/class | TF-IDF+LR {SHOTS}/class | SimCLR all labels "
           "| TF-IDF+LR all labels |")
     print("|---|---|---|---|---|---|")

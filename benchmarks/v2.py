@@ -8,7 +8,7 @@ the same network trained from scratch on the same labels. Then `simclr distill` 
 teacher on each fraction (from h for v1, from head layer 1 for v2: the papers' recipes) and
 trains a same-size student (self-distillation) on the teacher's predictions for the whole pool.
 Test accuracy is on the first `--test` test images (digits: the images after the pool). MNIST
-needs ../shared/datasets/mnist. Writes benchmarks/v2_<dataset>_results.json, prints a Markdown table.
+needs ../shared/datasets/mnist. Writes benchmarks/results/v2_<dataset>.json, prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
             row[name] = {"wall_s": round(wall), **json.loads((run / name / "eval.json").read_text())}
         results[f"v{version}"] = row
     results["settings"] = vars(args)
-    Path(f"benchmarks/v2_{args.dataset}_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    Path(f"benchmarks/results/v2_{args.dataset}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 
 

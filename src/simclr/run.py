@@ -18,7 +18,7 @@ from torch import nn
 from simclr.checkpoint import load_checkpoint
 from simclr.config import Config, changed_keys, from_dict, load_config
 from simclr.errors import UserError
-from simclr.modality import Modality, get
+from simclr.modality import DEFAULT, Modality, get
 from simclr.model import ProjectionHead, SimCLR
 
 CHECKPOINT = "checkpoint.pt"
@@ -49,7 +49,7 @@ class Run:
         if "config" not in state or "input_shape" not in state:
             raise UserError(f"{run_dir / CHECKPOINT} does not record its config and input shape")
         cfg = from_dict(state["config"])
-        cfg.data.modality = str(state.get("modality", "image"))
+        cfg.data.modality = str(state.get("modality", DEFAULT))  # checkpoints before modalities: images
         modality = get(cfg.data.modality)
         shape = [int(v) for v in state["input_shape"]]
         model = modality.load_network(cfg, shape, run_dir, state)

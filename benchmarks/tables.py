@@ -1,0 +1,125 @@
+"""Write the documentation's tables from the committed results files.
+
+    .venv/bin/python benchmarks/tables.py           # rewrite the tables in README.md and docs/
+    .venv/bin/python benchmarks/tables.py --check   # exit 1 if a table differs from its results file
+
+Each table sits between `<!-- table:NAME -->` and `<!-- end:NAME -->` in a Markdown file; NAME
+picks the results file and how it is rendered (TABLES). A figure in the docs is thus always one
+of a committed results file's, and `--check` (run by the test suite) keeps them in step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def number(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "–"
+    text = f"{x:.3g}" if unit == "s" or abs(x) < 10 else f"{x:,.0f}"
+    return f"{text} {unit}".strip() if unit in ("s", "MiB") else text
+
+
+def speed_rows(res: dict[str, Any], headline: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = res["table"]
+    if headline:  # the rows with a target, and the end-to-end ones
+        rows = [r for r in rows if r["target"] or r["what"].startswith("end-to-end")]
+    return rows
+
+
+def speed_table(res: dict[str, Any], headline: bool = False) -> str:
+    m = res["machine"]
+    lines = [
+        f"`make bench` of {res['date'][:16].replace('T', ' ')} UTC on {m['cpu']} ({m['cores']} cores, native bf16: "
+        f"{'yes' if m['native_bf16'] else 'no'}, `precision=auto` → {m['precision_auto']}), torch {m['torch']}"
+        f"{', --quick' if res.get('quick') else ''}: `benchmarks/results/bench.json`.",
+        "",
+        "| case | ours | peer | ratio | target | rounds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in speed_rows(res, headline):
+        unit = r["unit"] if r["unit"] in ("s", "MiB") else ""
+        ratio = "–" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+        target = r["target"].replace(">=", "≥").replace("<=", "≤")
+        if r["met"] is not None:
+            target += " (met)" if r["met"] else " (**missed**)"
+        rounds = ", ".join(f"{x:.2f}" for x in r.get("rounds") or [])
+        lines.append(f"| {r['what']} | {number(r['ours'], unit)} | {number(r['peer'], unit)} | {ratio} | {target} "
+                     f"| {rounds} |")
+    return "\n".join(lines)
+
+
+def cpu_tuning_table(res: dict[str, Any]) -> str:
+    """Rendered from benchmarks/results/cpu_tuning.json by its own `markdown` field when the
+    benchmark wrote one, else from its `table` rows."""
+    if "markdown" in res:
+        return str(res["markdown"]).rstrip()
+    rows = res["table"]
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def eval_table(res: dict[str, Any]) -> str:
+    """An eval.json (encoder -> metric -> accuracy) as the README's table."""
+    rows = {name: row for name, row in res.items() if isinstance(row, dict)}
+    metrics = list(dict.fromkeys(m for row in rows.values() for m in row))
+    lines = ["| encoder | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for name, row in rows.items():
+        cells = ["–" if row.get(m) is None else f"{row[m]:.4f}" for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+    "speed": ("bench.json", lambda r: speed_table(r)),
+    "speed-headline": ("bench.json", lambda r: speed_table(r, headline=True)),
+    "cpu-tuning": ("cpu_tuning.json", cpu_tuning_table),
+    "demo": ("demo.json", eval_table),
+}
+BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- end:\2 -->)", re.S)
+
+
+def render(name: str) -> str:
+    if name not in TABLES:
+        raise SystemExit(f"unknown table {name!r} (known: {', '.join(TABLES)})")
+    file, make = TABLES[name]
+    return make(json.loads((RESULTS / file).read_text())) + "\n"
+
+
+def update(text: str) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group(2)) + m.group(4), text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--check", action="store_true", help="report tables that differ from their results")
+    args = parser.parse_args()
+    stale = []
+    for path in DOCS:
+        text = path.read_text()
+        new = update(text)
+        if new != text:
+            stale.append(path)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print("tables differ from benchmarks/results/ in: " + ", ".join(str(p.relative_to(ROOT)) for p in stale)
+              + "; run: python benchmarks/tables.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
