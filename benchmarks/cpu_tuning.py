@@ -77,20 +77,6 @@ DATASET_SIZE = 4096  # random uint8 images the batches are drawn from (12 MiB)
 # ---------------------------------------------------------------- the child: one contender, one workload
 
 
-def native_bf16() -> bool:
-    """What `precision=auto` asks of the CPU (simclr.device.native_bf16, not public): AVX512-BF16 or
-    AMX, unless SIMCLR_NATIVE_BF16=0|1 says otherwise."""
-    import torch
-
-    forced = os.environ.get("SIMCLR_NATIVE_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
 def rss_mib() -> float | None:
     """This process's resident memory now (VmRSS), MiB."""
     try:
@@ -120,18 +106,13 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Time `spec["steps"]` training steps after `spec["warmup"]`, in this process."""
     import torch
 
-    from simclr import LARS, ImageAugment, build_model, two_views
-    from simclr.train import train_step
+    from simclr import ImageAugment, build_model, build_optimizer, train_step, two_views
 
     after_import = rss_mib()  # torch's libraries alone: about 1 GiB, the same under every allocator
     torch.manual_seed(0)
     batch = spec["batch"]
     model = build_model(spec["encoder"], 3, IMAGE_SIZE).to(memory_format=torch.channels_last)
-    # LARS as `simclr train` groups it: biases and BatchNorm (1-D) without weight decay or adaptation.
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and not n.endswith(".bias")]
-    rest = [p for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith(".bias")]
-    optimizer = LARS([{"params": decay, "weight_decay": 1e-6, "lars": True},
-                      {"params": rest, "weight_decay": 0.0, "lars": False}], lr=0.3 * batch / 256)
+    optimizer = build_optimizer(model, "lars", 0.3 * batch / 256, 1e-6)  # as `simclr train` groups it
     augment = ImageAugment(size=IMAGE_SIZE, color_jitter_strength=0.5, blur_prob=0.0)  # the CIFAR recipe
     images = torch.randint(0, 256, (DATASET_SIZE, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
@@ -180,13 +161,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from bench import cpu_name  # benchmarks/ is this script's folder
+
+    return cpu_name()
 
 
 def cpu_flags() -> set[str]:
@@ -326,6 +303,8 @@ def main() -> None:
     import torch
 
     started = time.perf_counter()
+    from simclr import native_bf16
+
     bf16 = native_bf16() if args.precision == "auto" else args.precision == "bf16"
     libs = {kind: find_lib(kind) for kind in LIB_NAMES}
     envs, skipped = contenders(libs)

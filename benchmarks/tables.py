@@ -60,14 +60,20 @@ def speed_table(res: dict[str, Any], headline: bool = False) -> str:
 
 
 def cpu_tuning_table(res: dict[str, Any]) -> str:
-    """Rendered from benchmarks/results/cpu_tuning.json by its own `markdown` field when the
-    benchmark wrote one, else from its `table` rows."""
-    if "markdown" in res:
-        return str(res["markdown"]).rstrip()
-    rows = res["table"]
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    """benchmarks/results/cpu_tuning.json: each contender's images/s, ratio to the plain
+    allocator (median of the rounds' ratios) and peak RSS, per workload."""
+    med = res["medians"]
+    workloads = list(med)
+    head = " | ".join(f"{w} images/s | × plain | peak RSS MiB" for w in workloads)
+    lines = [f"| contender | {head} |", "|---|" + "---|---|---|" * len(workloads)]
+    contenders = list(dict.fromkeys(c for w in workloads for c in med[w]))
+    for c in contenders:
+        cells = []
+        for w in workloads:
+            m = med[w].get(c)
+            cells += ([f"{m['images_per_s']:,.1f}" if m["images_per_s"] < 100 else f"{m['images_per_s']:,.0f}",
+                       f"{m['speed_vs_plain']:.2f}", f"{m['peak_rss_mib']:,.0f}"] if m else ["not run", "", ""])
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
