@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from simclr import build_model, build_optimizer, load_config, train, train_step, two_views
+from simclr import build_model, build_optimizer, load_config, train_step, two_views
 from simclr.experiment import input_shape_of, load_datasets  # the run's own splits, as `simclr train` loads them
 from simclr.modality import get
+from simclr.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucr_uea_ts"
 SETS = ("PenDigits", "UWaveGestureLibrary", "Epilepsy", "RacketSports", "Libras", "SwedishLeaf", "TwoLeadECG")

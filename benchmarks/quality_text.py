@@ -24,9 +24,10 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from simclr import Run, load_config, train
+from simclr import Run, load_config
 from simclr.evaluate import balanced_subset, extract_features  # the evaluation suite's own helpers
 from simclr.text import tfidf_lr  # the text modality's baseline
+from simclr.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CASES = {

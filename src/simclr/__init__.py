@@ -18,7 +18,7 @@ from simclr.loss import nt_xent
 from simclr.model import ProjectionHead, SimCLR, build_encoder, build_model
 from simclr.optim import LARS, build_optimizer, lr_at, param_groups
 from simclr.run import Run
-from simclr.train import train, train_step
+from simclr.train import train_step  # not `train`: it would hide the module simclr.train
 
 __all__ = [
     "LARS",
@@ -38,7 +38,6 @@ __all__ = [
     "native_bf16",
     "nt_xent",
     "param_groups",
-    "train",
     "train_step",
     "two_views",
     "use_bf16",

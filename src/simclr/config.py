@@ -139,6 +139,11 @@ class Config:
         object.__setattr__(self, name, value)
         return value
 
+    def __eq__(self, other: object) -> bool:  # by value: a built Config equals a directly made one
+        return isinstance(other, Config) and to_dict(self) == to_dict(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as dataclasses with eq are
+
     def __reduce__(self) -> tuple[Any, ...]:  # the built class is not importable: pickle the values
         return from_dict, (to_dict(self),)
 
@@ -153,7 +158,7 @@ def with_sections() -> type[Config]:
                      if (section := modality.get(name).config) is not None)
     if sections not in _built:
         fields = [(name, section, field(default_factory=section)) for name, section in sections]
-        built = make_dataclass("Config", fields, bases=(Config,))
+        built = make_dataclass("Config", fields, bases=(Config,), eq=False)  # Config's __eq__
         built.__module__ = __name__
         _built[sections] = built
     return _built[sections]
@@ -269,10 +274,11 @@ def changed_keys(old: Config, new: Config, sections: tuple[str, ...]) -> list[st
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
+    """Every key, each registered modality's section included (its defaults if never read)."""
     d = asdict(cfg)
-    for name, value in vars(cfg).items():  # sections a directly made Config read (`__getattr__`)
-        if name not in d and name in modality.names():
-            d[name] = asdict(value)
+    for name in modality.names():
+        if name not in d and modality.get(name).config is not None:
+            d[name] = asdict(getattr(cfg, name))
     return d
 
 
