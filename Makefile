@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-quality clean
+.PHONY: demo test test-no-bf16 lint typecheck unit bench bench-quality tables clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 test: lint typecheck unit
+
+# The suite as on a CPU without native bf16 (precision=auto's float32 branch), on any machine.
+test-no-bf16: $(STAMP)
+	SIMCLR_NATIVE_BF16=0 $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+
+# The docs' tables from benchmarks/results/ (the suite checks they match).
+tables: $(STAMP)
+	$(BIN)/python benchmarks/tables.py
 
 # lightly, the benchmark's peer, lives in its own environment: the project never depends on it.
 # A .pth file lends it torch, torchvision and simclr from $(VENV) (no second multi-GB torch).
