@@ -28,8 +28,12 @@ class DataConfig:
     # None: the source's own size (digits: upsampled to 16; image files of mixed sizes: the
     # median shorter side, within 8..224). Non-square images keep their central square.
     image_size: int | None = None
-    test_fraction: float = 0.5  # held-out stratified split for evaluation, seeded
-    device_resident: bool = True  # keep the uint8 images on the training device
+    # The held-out stratified share for evaluation (seeded); None: sized to the data, half of a
+    # set of up to 2,000, then 1,000 samples or 10 %, at most 10,000 (experiment.held_out_size).
+    test_fraction: float | None = None
+    # Keep the uint8 images on the training device: "auto" when they fit DEVICE_SHARE of its free
+    # memory (a GPU); "false" reads each batch from host memory or the memory-mapped cache.
+    device_resident: str = "auto"
     eval_source: str | None = None  # a separate labelled evaluation set; None: split `source`
     # Folder of the built-in datasets; None: $SIMCLR_DATA, else ~/.local/share/simclr/datasets
     root: str | None = None
@@ -184,7 +188,9 @@ def _validate(cfg: Config) -> None:
     check(cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}")
     check(cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}")
     check(0 < cfg.augment.min_scale <= 1, f"augment.min_scale must be in (0, 1], got {cfg.augment.min_scale}")
-    check(0 < cfg.data.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {cfg.data.test_fraction}")
+    fraction = cfg.data.test_fraction
+    check(fraction is None or 0 < fraction < 1, f"data.test_fraction must be in (0, 1), got {fraction}")
+    check_choice("data.device_resident", str(cfg.data.device_resident).lower(), ("auto", "true", "false"))
     size = cfg.data.image_size
     check(size is None or size >= 4, f"data.image_size must be at least 4, got {size}")
     check_choice("model.encoder", cfg.model.encoder, tuple(sorted(ENCODERS)))

@@ -51,6 +51,13 @@ def init_from_env(timeout_s: float, device: str = "auto") -> None:
             )
         torch.cuda.set_device(local)
     torch_dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    global _host_group
+    # Host-side flags (a stop request) travel over gloo between CPU tensors: under nccl they
+    # would be a device collective and a device-to-host copy, a sync on every training step.
+    _host_group = torch_dist.new_group(backend="gloo") if cuda else None
+
+
+_host_group: Any = None
 
 
 def local_device() -> torch.device:
@@ -61,8 +68,10 @@ def local_device() -> torch.device:
 
 
 def shutdown() -> None:
+    global _host_group
     if is_distributed():
         torch_dist.destroy_process_group()
+    _host_group = None
 
 
 def barrier() -> None:
@@ -101,8 +110,8 @@ def any_rank(flag: bool) -> bool:
     """True on every rank if `flag` is true on any rank."""
     if not is_distributed():
         return flag
-    t = torch.tensor([float(flag)], device=local_device())
-    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    t = torch.tensor([float(flag)])  # on the host: no device sync (see init_from_env)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX, group=_host_group)
     return bool(t.item())
 
 

@@ -51,8 +51,27 @@ def load_datasets(
         return data, test if test.labels is not None or modality.evaluates_unlabelled else None
     if data.labels is None:
         return data, None
-    train_index, test_index = stratified_split(data.labels.numpy(), cfg.data.test_fraction, cfg.seed)
+    size = cfg.data.test_fraction or held_out_size(len(data))
+    train_index, test_index = stratified_split(data.labels.numpy(), size, cfg.seed)
+    if isinstance(size, int):  # a count, not the plain half of a small set
+        log.info("evaluation: %d of %d labelled samples held out (data.test_fraction sets a share)",
+                 len(test_index), len(data))
     return data.subset(train_index), data.subset(test_index)
+
+
+# The held-out share when none is configured. An accuracy measured on n samples has a standard
+# error of at most 0.5/sqrt(n): 1.6 points at 1,000, 0.5 at 10,000. A small set is halved (its
+# estimate needs the samples more than pretraining does); from 2,000 samples on, 1,000 are held
+# out, then 10 % once that is more, and never more than 10,000: a large set keeps 90-99 % of its
+# samples for pretraining and its estimate stays within half a point.
+MIN_HELD_OUT, MAX_HELD_OUT, HELD_OUT_SHARE = 1000, 10_000, 0.1
+
+
+def held_out_size(n: int) -> float | int:
+    """What `stratified_split` holds out of n labelled samples by default: a share or a count."""
+    if n / 2 <= MIN_HELD_OUT:
+        return 0.5
+    return int(min(MAX_HELD_OUT, max(MIN_HELD_OUT, HELD_OUT_SHARE * n)))
 
 
 def input_shape_of(data: Any) -> list[int]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simclr.augment import ImageAugment
+from simclr.data.rows import Rows
 
 log = logging.getLogger("simclr")
 
@@ -88,7 +89,7 @@ def crop_flip(augment: ImageAugment, x: torch.Tensor, gen: torch.Generator) -> t
     return augment(x, gen)
 
 
-def clip_batch(inputs: torch.Tensor, batch_size: int) -> int:
+def clip_batch(inputs: torch.Tensor | Rows, batch_size: int) -> int:
     """A batch size for inference that counts each frame of a video (N, F, C, H, W) as one
     image, so a batch of videos takes about the memory of `batch_size` images."""
     return max(1, batch_size // int(inputs.shape[1])) if inputs.ndim == 5 else batch_size
@@ -142,7 +143,7 @@ def finetune(
 
 @torch.no_grad()
 def accuracy(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+    model: nn.Module, images: torch.Tensor | Rows, labels: torch.Tensor,
     device: torch.device | str = "cpu", batch_size: int = 512,
 ) -> float:
     """Top-1 accuracy of a classifier on uint8 images, in eval mode (its mode is restored)."""

@@ -18,7 +18,7 @@ class MetricsLogger:
         self.enabled = enabled
         self.every = every
         self.images = 0
-        self.since = time.perf_counter()
+        self.since = self.start = time.perf_counter()
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not enabled)
         if not enabled:
             return
@@ -43,11 +43,12 @@ class MetricsLogger:
         self.images, self.since = 0, now
         if not self.enabled:
             return
-        row = {"step": step, "epoch": epoch, **values, "images_per_s": rate}
+        # elapsed_s: seconds of this process's training so far (time-to-accuracy curves).
+        row = {"step": step, "epoch": epoch, **values, "images_per_s": rate, "elapsed_s": now - self.start}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         for key, value in row.items():
-            if key not in ("step", "epoch"):
+            if key not in ("step", "epoch", "elapsed_s"):
                 self.writer.add_scalar(f"train/{key}", value, step)
         postfix = {"loss": f"{values['loss']:.4f}", "lr": f"{values['lr']:.3g}", "img_s": f"{rate:.0f}"}
         if "knn" in values:

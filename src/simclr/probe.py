@@ -20,10 +20,11 @@ from sklearn.model_selection import train_test_split
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/test indices with the class proportions of `labels` in both parts."""
+def stratified_split(labels: np.ndarray, test_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test indices with the class proportions of `labels` in both parts; `test_size`
+    is a fraction (float) or a count (int) of the samples."""
     idx = np.arange(len(labels))
-    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
+    train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=labels)
     return np.sort(train), np.sort(test)
 
 

@@ -24,6 +24,8 @@ from simclr import dist
 from simclr.augment import two_views
 from simclr.checkpoint import restore_rng, rng_state, save_encoder, save_training_checkpoint
 from simclr.config import Config, save_config
+from simclr.data.prefetch import Prefetcher, place
+from simclr.data.rows import Rows, concat
 from simclr.device import resolve_device, use_bf16
 from simclr.errors import UserError
 from simclr.evaluate import knn_monitor
@@ -75,7 +77,7 @@ class Training:
     modality: Modality
     train_data: Any  # pretraining inputs (their labels, if any, only for evaluation); simclr.modality.Data
     test_data: Any | None  # labelled held-out inputs for evaluation, if there are labels
-    inputs: torch.Tensor  # what SimCLR pretrains on: train_data's, plus test_data's with data.pretrain_on=all
+    inputs: torch.Tensor | Rows  # what SimCLR pretrains on: train_data's, plus test_data's with data.pretrain_on=all
     model: SimCLR  # the bare network: what checkpoints hold
     net: nn.Module  # what the loop calls: `model`, or its DistributedDataParallel wrapper
     augment: Augment
@@ -103,7 +105,7 @@ def setup(cfg: Config) -> Training:
     train_data, test_data = load_datasets(cfg, modality)  # before the run directory: bad --data leaves nothing
     inputs = train_data.inputs
     if cfg.data.pretrain_on == "all" and test_data is not None:  # held-out inputs, never their labels
-        inputs = torch.cat([inputs, test_data.inputs])
+        inputs = concat(inputs, test_data.inputs)
     out = make_run_dir(cfg)
     if len(inputs) < cfg.batch_size:
         raise UserError(
@@ -183,55 +185,78 @@ class StopRequested(Exception):
 
 
 def train_one_epoch(
-    run: Training, progress: Progress, images: torch.Tensor, order_gen: torch.Generator,
+    run: Training, progress: Progress, images: torch.Tensor | Rows, order_gen: torch.Generator,
     aug_gen: torch.Generator, logger: MetricsLogger, guard: SignalGuard,
 ) -> None:
     """The rest of the current epoch from `progress.batch`. Every rank draws the same global
-    order; rank r takes the r-th slice of each global batch."""
+    order; rank r takes the r-th slice of each global batch, read ahead by a `Prefetcher`.
+    Nothing waits on the device between steps: whether the losses are finite is accumulated
+    there and checked where the loop syncs anyway, at logging and before every checkpoint."""
     cfg = run.cfg
     run.net.train()
     order_gen.set_state(progress.epoch_order_state)  # type: ignore[arg-type]
     order = torch.randperm(len(images), generator=order_gen)
     logger.set_epoch(progress.epoch + 1, cfg.epochs)
-    while progress.batch < run.steps_per_epoch:
-        lr = lr_at(progress.step, run.total_steps, run.warmup_steps, run.peak_lr)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        start = progress.batch * cfg.batch_size + dist.rank() * run.local_batch
-        rows = order[start : start + run.local_batch]
-        x = images[rows].to(run.device, non_blocking=True)
-        if run.objective is not None:  # the modality's own views and loss (paired data)
-            loss = update(run.optimizer, run.objective(run.net, x, rows, aug_gen))
-        else:
-            x1, x2 = two_views(run.augment, x, aug_gen)  # (n, ...) each, per-sample randomness
-            if run.channels_last:
-                x1, x2 = (v.contiguous(memory_format=torch.channels_last) for v in (x1, x2))
-            loss = train_step(run.net, run.optimizer, x1, x2, cfg.temperature, run.bf16)
-        if not torch.isfinite(loss):  # all ranks agree: the gathered negatives are shared
+    rank_start = dist.rank() * run.local_batch
+    batches = [order[b * cfg.batch_size + rank_start :][: run.local_batch]
+               for b in range(progress.batch, run.steps_per_epoch)]
+    finite = Finite(run.device, progress.step)
+    with Prefetcher(images, batches, run.device) as feed:
+        for rows, x in feed:
+            lr = lr_at(progress.step, run.total_steps, run.warmup_steps, run.peak_lr)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            if run.objective is not None:  # the modality's own views and loss (paired data)
+                loss = update(run.optimizer, run.objective(run.net, x, rows, aug_gen))
+            else:
+                x1, x2 = two_views(run.augment, x, aug_gen)  # (n, ...) each, per-sample randomness
+                if run.channels_last:
+                    x1, x2 = (v.contiguous(memory_format=torch.channels_last) for v in (x1, x2))
+                loss = train_step(run.net, run.optimizer, x1, x2, cfg.temperature, run.bf16)
+            finite.add(loss)
+            progress.step += 1
+            progress.batch += 1
+            end_of_epoch = progress.batch == run.steps_per_epoch
+            logger.count(cfg.batch_size)
+            if logger.due(progress.step, end_of_epoch):
+                finite.check(progress.step)
+                values = {"loss": dist.mean(loss).item(), "lr": lr}
+                if end_of_epoch and monitor_due(run, progress.epoch + 1):
+                    values["knn"] = monitor_knn(run, images)
+                logger.log(progress.step, progress.epoch + 1, values)
+            if end_of_epoch:  # the next epoch starts from the generator's state now
+                progress.epoch, progress.batch = progress.epoch + 1, 0
+                progress.epoch_order_state = order_gen.get_state()
+            stop = dist.any_rank(guard.requested is not None)
+            every = cfg.checkpoint_every
+            if stop or end_of_epoch or (every and progress.step % every == 0):
+                finite.check(progress.step)  # never a checkpoint of weights a bad step reached
+                save(run, progress, aug_gen)
+            if stop:
+                raise StopRequested
+
+
+class Finite:
+    """Whether every loss since the last check was finite, kept on the device (a flag per step
+    would make the host wait for each step to finish)."""
+
+    def __init__(self, device: torch.device, step: int) -> None:
+        self.ok = torch.ones((), dtype=torch.bool, device=device)
+        self.since = step  # the first step not yet checked
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.ok &= torch.isfinite(loss).all()
+
+    def check(self, step: int) -> None:
+        """Raise if a loss of the steps since the last check was not finite (all ranks agree:
+        the gathered negatives are shared); one sync."""
+        if not bool(self.ok):
+            steps = f"step {self.since}" if step - self.since <= 1 else f"steps {self.since}-{step - 1}"
             raise UserError(
-                f"loss is {loss.item()} at step {progress.step}: lower optim.lr, raise the temperature, "
+                f"the loss was not finite at {steps}: lower optim.lr, raise the temperature, "
                 "or train in float32; the last checkpoint is kept"
             )
-        progress.step += 1
-        progress.batch += 1
-        end_of_epoch = progress.batch == run.steps_per_epoch
-        logger.count(cfg.batch_size)
-        if logger.due(progress.step, end_of_epoch):
-            values = {"loss": dist.mean(loss).item(), "lr": lr}
-            if end_of_epoch and monitor_due(run, progress.epoch + 1):
-                values["knn"] = monitor_knn(run, images)
-            logger.log(progress.step, progress.epoch + 1, values)
-        if end_of_epoch:  # the next epoch starts from the generator's state now
-            progress.epoch, progress.batch = progress.epoch + 1, 0
-            progress.epoch_order_state = order_gen.get_state()
-        stop = dist.any_rank(guard.requested is not None)
-        every = cfg.checkpoint_every
-        if stop or end_of_epoch or (every and progress.step % every == 0):
-            save(run, progress, aug_gen)
-        if stop:
-            raise StopRequested
-        if end_of_epoch:
-            return
+        self.since = step
 
 
 def monitor_due(run: Training, epoch: int) -> bool:
@@ -245,7 +270,7 @@ def labelled(run: Training) -> bool:
     return run.test_data is not None and run.train_data.labels is not None
 
 
-def monitor_knn(run: Training, images: torch.Tensor) -> float:
+def monitor_knn(run: Training, images: torch.Tensor | Rows) -> float:
     train, test = run.train_data, run.test_data
     assert test is not None and train.labels is not None and test.labels is not None
     encoder, k = run.model.encoder, run.cfg.eval_knn_k
@@ -295,9 +320,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         if skipped:
             log.warning("skipped %d unreadable file(s), listed in %s", len(skipped), run.out / "skipped_files.txt")
         run.modality.save_artifacts(run.train_data, run.out)  # e.g. the tokenizer, beside the weights
-    images = run.inputs
-    if cfg.data.device_resident:
-        images = images.to(run.device)  # uint8 stays small; augmentation converts on device
+    images = place(run.inputs, run.device, cfg.data.device_resident)  # uint8: augmentation converts
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=run.device).manual_seed(cfg.seed + 1 + dist.rank())
     progress = Progress(epoch_order_state=order_gen.get_state())

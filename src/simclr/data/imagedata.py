@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from simclr.data.rows import Rows, take
 from simclr.errors import UserError
 
 
@@ -16,9 +17,10 @@ class ImageData:
     """A set of square uint8 images, optionally labelled.
 
     `images` may be backed by a memory-mapped cache file; indexing it copies rows into memory.
+    A subset's images are `Rows` of its parent's, read when indexed.
     """
 
-    images: torch.Tensor  # (N, C, H, W) uint8
+    images: torch.Tensor | Rows  # (N, C, H, W) uint8
     labels: torch.Tensor | None  # (N,) int64, or None for unlabeled data
     name: str
     # Files that could not be used, as (path, reason); reasons read "<kind>: <detail>".
@@ -30,7 +32,7 @@ class ImageData:
         return int(self.images.shape[0])
 
     @property
-    def inputs(self) -> torch.Tensor:
+    def inputs(self) -> torch.Tensor | Rows:
         """The images, under the name every modality's data shares (simclr.modality.Data)."""
         return self.images
 
@@ -43,11 +45,12 @@ class ImageData:
         return int(self.images.shape[-1])
 
     def subset(self, index: np.ndarray | torch.Tensor) -> ImageData:
-        """The rows at `index` (a copy), with the same name, classes and skipped list."""
+        """The rows at `index`, with the same name, classes and skipped list. The images are
+        not copied (`Rows`): a subset of a memory-mapped set reads only the rows it is asked for."""
         idx = torch.as_tensor(index, dtype=torch.long)
         labels = self.labels[idx] if self.labels is not None else None
         ids = [self.ids[i] for i in idx.tolist()] if self.ids is not None else None
-        return ImageData(self.images[idx], labels, self.name, list(self.skipped), self.classes, ids)
+        return ImageData(take(self.images, idx), labels, self.name, list(self.skipped), self.classes, ids)
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
