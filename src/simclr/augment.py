@@ -9,7 +9,10 @@ A view t(x) of an image is, in the paper's order:
 4. with probability 1/2, a Gaussian blur, sigma in [0.1, 2.0], the kernel about 10% of the side.
 `two_views` makes two of them of every image. Every sample, and each of its two views, draws its
 own parameters (one draw shared by a batch would be a weaker method), so each op draws (B,)
-parameters and applies them as tensor ops over the batch, on whatever device it is on.
+parameters and applies them as tensor ops over the batch, on whatever device it is on. Every op
+runs on every sample, with parameters that make it an exact identity where it was not drawn: the
+shapes and the kernels launched are the same whatever the batch size and the draws, so a GPU
+never waits for the host to learn how many rows an op got, and torch.compile sees one graph.
 
 This module is the reference, one plain implementation per op. `ImageAugment(compiled=True)`
 takes the same draws through `simclr.augment_fused`'s torch.compile kernels: the same views
@@ -223,20 +226,48 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return trapezoid.mul_(d.unsqueeze(1)).neg_().add_(v.unsqueeze(1)).clamp_(0, 1)
 
 
+def identity_slot(coef: torch.Tensor) -> torch.Tensor:
+    """(1, 3, 1): the (a, k_gray, k_mean) of a blend that leaves a sample as it is, exactly
+    (0·gray + 0·mean + 1·x)."""
+    return torch.tensor((1.0, 0.0, 0.0), dtype=coef.dtype, device=coef.device).view(1, 3, 1)
+
+
+def slots(coef: torch.Tensor, take: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, 3, n): the coefficients (B, 3, 4) of the stages `take` ((B, 4) bool) marks, in stage
+    order, then identity slots."""
+    stages = torch.arange(4, device=take.device)
+    first = torch.argsort((~take).long() * 4 + stages, dim=1)[:, :n]  # the marked stages first, in order
+    kept = take.gather(1, first).unsqueeze(1)
+    return torch.where(kept, coef.gather(2, first.unsqueeze(1).expand(-1, 3, -1)), identity_slot(coef))
+
+
+def hue_split(p: JitterParams, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sample's blends before its hue and after it, as (B, 3, 3) slots each: its brightness,
+    contrast and saturation are those three blends in its order, the hue falls among them."""
+    stage = torch.arange(4, device=p.order.device).view(1, 4)
+    hue_stage = (p.order == HUE).int().argmax(1, keepdim=True)
+    return slots(coef, stage < hue_stage, 3), slots(coef, stage > hue_stage, 3)
+
+
 def apply_jitter(x: torch.Tensor, p: JitterParams) -> torch.Tensor:
     """Each jittered sample's four ops in its own order, each followed by clipping to [0, 1].
-    Stage by stage: every sample does its op of the stage, brightness, contrast and saturation
-    in one `blend` pass over the batch with per-sample coefficients, then the hue on the rows
-    whose turn it is. x is left as it is; uint8 comes back as float in [0, 1]."""
+    Brightness, contrast and saturation are each a `blend` with per-sample coefficients; on RGB
+    a sample's hue falls somewhere among them, so the batch runs three blend slots, the hue, three
+    more slots (`hue_split`; a slot a sample does not use is an exact identity, and so is the hue
+    where it is not jittered). The same ops whatever was drawn, no rows picked out: static shapes
+    and a fixed number of kernels. x is left as it is; uint8 comes back as float in [0, 1]."""
     x = _to_float(x)
     coef = jitter_coefficients(p, x.shape[1], x.dtype)
-    for stage in range(4):
-        y = blend(x, *coef[:, :, stage].unbind(1))
-        if x.shape[1] == 3:  # a single channel has no hue
-            rows = torch.nonzero(p.apply & (p.order[:, stage] == HUE)).squeeze(1)
-            if rows.numel():
-                y[rows] = adjust_hue(x.index_select(0, rows), p.factors[rows, HUE].to(x.dtype))
-        x = y
+    if x.shape[1] == 1:  # a single channel has no hue (and no saturation: identity)
+        for stage in range(4):
+            x = blend(x, *coef[:, :, stage].unbind(1))
+        return x
+    pre, post = hue_split(p, coef)
+    for i in range(3):
+        x = blend(x, *pre[:, :, i].unbind(1))
+    x = torch.where(p.apply.view(-1, 1, 1, 1), adjust_hue(x, p.factors[:, HUE].to(x.dtype)), x)
+    for i in range(3):
+        x = blend(x, *post[:, :, i].unbind(1))
     return x
 
 
@@ -250,17 +281,14 @@ def color_jitter(
 
 
 # 3. Random grayscale.
-def grey_rows_(x: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """In place: the rows `chosen` ((B,) bool) of an RGB batch become their luma in every channel."""
-    rows = torch.nonzero(chosen).squeeze(1)
-    if rows.numel():
-        x[rows] = grayscale(x.index_select(0, rows)).expand(-1, x.shape[1], -1, -1)
-    return x
+def grey_rows(x: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """The rows `chosen` ((B,) bool) of an RGB batch as their luma in every channel."""
+    return torch.where(chosen.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
 
 
-def random_grayscale_(x: torch.Tensor, prob: float, gen: torch.Generator | None, frames: int = 1) -> torch.Tensor:
-    """In place: with probability `prob` per sample, every channel becomes the luma."""
-    return x if x.shape[1] == 1 else grey_rows_(x, draw_rows(prob, x.shape[0], frames, gen, x.device))
+def random_grayscale(x: torch.Tensor, prob: float, gen: torch.Generator | None, frames: int = 1) -> torch.Tensor:
+    """With probability `prob` per sample, every channel becomes the luma."""
+    return x if x.shape[1] == 1 else grey_rows(x, draw_rows(prob, x.shape[0], frames, gen, x.device))
 
 
 # 4. Gaussian blur.
@@ -291,28 +319,31 @@ def blur_weights(sigma: torch.Tensor, size: int, radius: int) -> torch.Tensor:
 def draw_blur(
     b: int, prob: float, sigma: tuple[float, float], frames: int, gen: torch.Generator | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows to blur (indices) and their sigmas, U(sigma) pixels, one draw per clip."""
+    """Which rows to blur ((b,) bool) and every row's sigma, U(sigma) pixels, one draw per clip."""
     chosen = draw_rows(prob, b, frames, gen, device)
     s = _uniform(sigma[0], sigma[1], (b // frames,), gen, device).repeat_interleave(frames)
-    return torch.nonzero(chosen).squeeze(1), s[chosen]
+    return chosen, s
 
 
-def gaussian_blur_(
+def gaussian_blur(
     x: torch.Tensor, prob: float, sigma: tuple[float, float], gen: torch.Generator | None, frames: int = 1
 ) -> torch.Tensor:
-    """In place: with probability `prob` per sample, a Gaussian blur with sigma ~ U(sigma) pixels,
-    the kernel `blur_radius` wide, the border reflected. Separable, so one matrix per axis and
-    sample (`blur_weights`), applied as the crop's are (`resample`)."""
+    """With probability `prob` per sample, a Gaussian blur with sigma ~ U(sigma) pixels, the
+    kernel `blur_radius` wide, the border reflected. Separable, so one matrix per axis and sample
+    (`blur_weights`), applied as the crop's are (`resample`); a sample not blurred gets the
+    identity matrix, so every sample goes through the same ops."""
     _, _, height, width = x.shape
-    rows, s = draw_blur(x.shape[0], prob, sigma, frames, gen, x.device)
-    if rows.numel() == 0:
-        return x
+    chosen, s = draw_blur(x.shape[0], prob, sigma, frames, gen, x.device)
     radius = blur_radius(height)
+    keep = ~chosen.view(-1, 1, 1)
     along_h = blur_weights(s.to(x.dtype), height, radius)
-    along_w = along_h if width == height else blur_weights(s.to(x.dtype), width, radius)
+    along_h = torch.where(keep, torch.eye(height, dtype=x.dtype, device=x.device), along_h)
+    along_w = along_h
+    if width != height:
+        along_w = blur_weights(s.to(x.dtype), width, radius)
+        along_w = torch.where(keep, torch.eye(width, dtype=x.dtype, device=x.device), along_w)
     # The float32 kernel sums to 1 only within rounding: the clamp keeps [0, 1].
-    x[rows] = resample(x.index_select(0, rows), along_h, along_w).clamp_(0, 1)
-    return x
+    return resample(x, along_h, along_w).clamp_(0, 1)
 
 
 # The whole view.
@@ -354,9 +385,9 @@ class ImageAugment:
         if self.jitters:
             x = color_jitter(x, self.color_jitter_strength, self.color_jitter_prob, gen, frames)
         if self.grayscale_prob > 0:
-            x = random_grayscale_(x, self.grayscale_prob, gen, frames)
+            x = random_grayscale(x, self.grayscale_prob, gen, frames)
         if self.blur_prob > 0:
-            x = gaussian_blur_(x, self.blur_prob, (self.blur_sigma_min, self.blur_sigma_max), gen, frames)
+            x = gaussian_blur(x, self.blur_prob, (self.blur_sigma_min, self.blur_sigma_max), gen, frames)
         return x
 
 

@@ -39,9 +39,11 @@ from simclr.augment import (
     draw_jitter,
     draw_rows,
     gaussian_taps,
-    grey_rows_,
+    grey_rows,
+    identity_slot,
     jitter_coefficients,
     resize_taps,
+    slots,
 )
 
 if TYPE_CHECKING:
@@ -154,17 +156,12 @@ def _chain(
     return planes
 
 
-def _chain_mean_rows(
-    x: torch.Tensor, rows: torch.Tensor, pre: torch.Tensor, hue_on: torch.Tensor | None = None,
-    shift: torch.Tensor | None = None, post: torch.Tensor | None = None,
+def _chain_mean(
+    x: torch.Tensor, pre: torch.Tensor, hue_on: torch.Tensor | None, shift: torch.Tensor | None, post: torch.Tensor,
 ) -> torch.Tensor:
-    """(R, 1, 1): the grey mean of the rows `rows` of x where their contrast is due: the chain cut
-    short there (the other arguments already those rows'). Compiled, the row gather is an indexed
-    load in the kernel rather than a copy of the rows first."""
-    post = pre[:, :, :0] if post is None else post
-    zero = x.new_zeros(rows.shape[0], 1, 1, dtype=torch.float32)
-    planes = _chain(x.index_select(0, rows), pre, hue_on, shift, post, zero)
-    return _luma(planes).mean(dim=(1, 2), keepdim=True)
+    """(B, 1, 1): each sample's grey mean where its contrast is due: its chain cut short there."""
+    zero = x.new_zeros(x.shape[0], 1, 1, dtype=torch.float32)
+    return _luma(_chain(x, pre, hue_on, shift, post, zero)).mean(dim=(1, 2), keepdim=True)
 
 
 def _chain_out(
@@ -179,59 +176,23 @@ def _chain_out(
     return torch.stack(planes, 1)
 
 
-def _chain_out_rows(
-    out: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, pre: torch.Tensor, hue_on: torch.Tensor | None,
-    shift: torch.Tensor | None, post: torch.Tensor, mean: torch.Tensor, grey: torch.Tensor,
-) -> torch.Tensor:
-    """`_chain_out` of the rows `rows` of x written to those rows of `out` (returned), the other
-    arguments already those rows'. Compiled, the gather and the scatter are indexed loads and
-    stores in the kernel."""
-    return out.index_copy_(0, rows, _chain_out(x.index_select(0, rows), pre, hue_on, shift, post, mean, grey))
-
-
-def _identity(coef: torch.Tensor) -> torch.Tensor:
-    """(1, 3, 1): the (a, k_gray, k_mean) of a slot that leaves the sample as it is."""
-    return torch.tensor((1.0, 0.0, 0.0), dtype=coef.dtype, device=coef.device).view(1, 3, 1)
-
-
-def _slots(coef: torch.Tensor, take: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, 3, n): the coefficients (B, 3, 4) of the stages `take` ((B, 4) bool) marks, in stage
-    order, then identity slots."""
-    stages = torch.arange(4, device=take.device)
-    first = torch.argsort((~take).long() * 4 + stages, dim=1)[:, :n]  # the marked stages first, in order
-    kept = take.gather(1, first).unsqueeze(1)
-    return torch.where(kept, coef.gather(2, first.unsqueeze(1).expand(-1, 3, -1)), _identity(coef))
-
-
-def _first_slots(slots: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+def _first_slots(table: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """(B, 3, n): the first `count` ((B,) each) of each sample's slots, identity after them."""
-    used = torch.arange(slots.shape[2], device=slots.device).view(1, 1, -1) < count.view(-1, 1, 1)
-    return torch.where(used, slots, _identity(slots))
+    used = torch.arange(table.shape[2], device=table.device).view(1, 1, -1) < count.view(-1, 1, 1)
+    return torch.where(used, table, identity_slot(table))
 
 
-def _rows(rows: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """These rows of each (small, per-sample) tensor."""
-    return [t.index_select(0, rows) for t in tensors]
-
-
-# Pixels per image above which the jitter runs its rows in groups of equal split around the hue,
-# each group's chain with only the three blend slots it uses instead of six. Grouping adds calls
-# and row gathers (a cost per group) to shorten the chain (a cost per pixel), so it pays for large
-# images only. The boundary is put at 64 px, where the recipes change from the small-image (CIFAR)
-# to the large-image (ImageNet) one.
-GROUPED_ABOVE = 64 * 64
-
-
-def apply_jitter(x: torch.Tensor, p: JitterParams, grey: torch.Tensor | None = None) -> torch.Tensor:
+def apply_jitter(
+    x: torch.Tensor, p: JitterParams, grey: torch.Tensor | None = None, k: Kernels | None = None
+) -> torch.Tensor:
     """`augment.apply_jitter`, then the luma of the rows `grey` marks ((B,) bool): every sample's
     ops as one chain (`_chain`), the blends before its hue, the hue, the blends after it. The
-    contrast needs the grey mean of the state before it, so the means come first: for the samples
-    whose contrast precedes the hue, from a short chain of the ops before it (no hue); for the
-    rest, from their chain up to it. The loop is compute-bound, each step waiting on the one
-    before, so fewer steps (the short chain for most means, each blend one weighted sum, only the
-    slots a group of rows uses) is what makes it fast. x is left as it is; uint8 comes back as
-    float in [0, 1]."""
-    k = kernels()
+    contrast needs the grey mean of the state before it, so the means come first, from each
+    sample's chain cut short at its contrast (the slots before it, and the hue if it comes
+    first). Every sample runs the same chain (unused slots are exact identities), so the shapes
+    and kernels are the same whatever was drawn. x is left as it is; uint8 comes back as float
+    in [0, 1]. `k`: the kernels (default: compiled)."""
+    k = k or kernels()
     grey = torch.zeros_like(p.apply) if grey is None else grey
     rgb = x.shape[1] == 3
     n_affine = 3 if rgb else 2  # brightness, contrast, saturation (none but the first two on grey)
@@ -240,7 +201,7 @@ def apply_jitter(x: torch.Tensor, p: JitterParams, grey: torch.Tensor | None = N
     hue_stage = (p.order == HUE).int().argmax(1, keepdim=True) if rgb else torch.full_like(p.order[:, :1], 4)
     affine = p.apply.view(-1, 1) & (p.order < n_affine)
     before, after = affine & (stage < hue_stage), affine & (stage > hue_stage)
-    pre, post = _slots(coef, before, n_affine), _slots(coef, after, 3 if rgb else 0)
+    pre, post = slots(coef, before, n_affine), slots(coef, after, 3 if rgb else 0)
     hue_on = p.apply & rgb
     shift = p.factors[:, HUE].to(coef.dtype)
     # Up to the contrast: the slots before it hold their ops, the rest identity; the contrast is
@@ -248,35 +209,9 @@ def apply_jitter(x: torch.Tensor, p: JitterParams, grey: torch.Tensor | None = N
     contrast_stage = (p.order == CONTRAST).int().argmax(1, keepdim=True)
     pre_c = _first_slots(pre, (before & (stage < contrast_stage)).sum(1))[:, :, : n_affine - 1]
     post_c = _first_slots(post, (after & (stage < contrast_stage)).sum(1))[:, :, : n_affine - 1]
-    # Each mean on the rows that need it (the others' contrast coefficient is 0).
-    mean = torch.zeros(x.shape[0], 1, 1, dtype=coef.dtype, device=x.device)
-    after_hue = contrast_stage.squeeze(1) > hue_stage.squeeze(1)
-    early = torch.nonzero(p.apply & ~after_hue).squeeze(1)
-    if early.numel():  # contrast before the hue: the ops before it, no hue
-        mean[early] = k.chain_mean(x, early, *_rows(early, pre_c))
-    late = p.apply & after_hue
-    if not rgb or x.shape[2] * x.shape[3] <= GROUPED_ABOVE:
-        rows = torch.nonzero(late).squeeze(1)
-        if rows.numel():  # contrast after the hue: the chain through the hue
-            mean[rows] = k.chain_mean(x, rows, *_rows(rows, pre_c, hue_on, shift, post_c))
-        return k.chain_out(x, pre, hue_on, shift, post, mean, grey)
-    # Grouped: a jittered sample's three blends are split around its hue, s before it and 3 - s
-    # after, and the rows of equal s run chains of only the slots they use.
-    split = before.sum(1)
-    for s in range(3):  # contrast after the hue: s slots, the hue, the 2 - s slots up to it
-        rows = torch.nonzero(late & (split == s)).squeeze(1)
-        if rows.numel():
-            mean[rows] = k.chain_mean(x, rows, *_rows(rows, pre_c[:, :, :s], hue_on, shift, post_c[:, :, : 2 - s]))
-    out = torch.empty(x.shape, dtype=coef.dtype, device=x.device)
-    for s in range(4):
-        rows = torch.nonzero(p.apply & (split == s)).squeeze(1)
-        if rows.numel():
-            k.chain_out_rows(out, rows, x, *_rows(rows, pre[:, :, :s], hue_on, shift, post[:, :, : 3 - s], mean, grey))
-    rows = torch.nonzero(~p.apply).squeeze(1)
-    if rows.numel():  # not jittered: converted, and the luma where grey (no slots, no hue, no mean)
-        none = pre[:1, :, :0]
-        k.chain_out_rows(out, rows, x, none, None, None, none, mean[:1], *_rows(rows, grey))
-    return out
+    hue_first = hue_on & (contrast_stage > hue_stage).squeeze(1)  # the hue is in the chain to the contrast
+    mean = k.chain_mean(x, pre_c, hue_first, shift, post_c)
+    return k.chain_out(x, pre, hue_on, shift, post, mean, grey)
 
 
 # The blur.
@@ -321,41 +256,71 @@ class Fused:
 
 
 class Kernels(NamedTuple):
-    """The compiled kernels: the crop (`_resample_band`), the jitter's grey means
-    (`_chain_mean_rows`), its whole chain for the batch (`_chain_out`) or by groups of rows
-    (`_chain_out_rows`), and the blur (`_blur_shifted`)."""
+    """The pixel work: the crop (`_resample_band`), the jitter's grey means (`_chain_mean`), its
+    whole chain (`_chain_out`) and the blur (`_blur_shifted`); compiled (`kernels()`) or plain
+    (`PLAIN`, what a caller compiling a larger graph traces)."""
 
     crop: Callable[..., torch.Tensor]
     chain_mean: Callable[..., torch.Tensor]
     chain_out: Callable[..., torch.Tensor]
-    chain_out_rows: Callable[..., torch.Tensor]
     blur: Callable[..., torch.Tensor]
+
+
+PLAIN = Kernels(_resample_band, _chain_mean, _chain_out, _blur_shifted)
 
 
 @functools.cache
 def kernels() -> Kernels:
     """The kernels, compiled once per process, on first use."""
-    fns = (_resample_band, _chain_mean_rows, _chain_out, _chain_out_rows, _blur_shifted)
-    return Kernels(*(Fused(fn) for fn in fns))
+    return Kernels(*(Fused(fn) for fn in PLAIN))
+
+
+class ViewDraws(NamedTuple):
+    """Everything random about one view of a batch (`draw_view`)."""
+
+    boxes: Boxes
+    jitter: JitterParams | None
+    grey: torch.Tensor | None  # (B,) bool
+    blur: torch.Tensor | None  # (B,) bool
+    sigma: torch.Tensor | None  # (B,)
+
+
+def draw_view(a: ImageAugment, b: int, channels: int, height: int, width: int, frames: int,
+              gen: torch.Generator | None, device: torch.device) -> ViewDraws:
+    """The reference's draws for a view of b rows, in its order (crop and flip, jitter,
+    grayscale, blur): a fixed number of small kernels, whatever b."""
+    boxes = draw_boxes(b // frames, height, width, (a.min_scale, a.max_scale), (a.min_ratio, a.max_ratio),
+                       a.flip_prob, gen, device)
+    p = draw_jitter(b, a.color_jitter_strength, a.color_jitter_prob, gen, device, frames) if a.jitters else None
+    grey = draw_rows(a.grayscale_prob, b, frames, gen, device) if a.grayscale_prob > 0 and channels == 3 else None
+    blur, sigma = draw_blur(b, a.blur_prob, (a.blur_sigma_min, a.blur_sigma_max), frames, gen, device) \
+        if a.blur_prob > 0 else (None, None)
+    return ViewDraws(boxes, p, grey, blur, sigma)
+
+
+def view_pixels(
+    a: ImageAugment, x: torch.Tensor, d: ViewDraws, frames: int = 1, k: Kernels | None = None
+) -> torch.Tensor:
+    """The view `d` describes of x: the crop, the jitter and grayscale, the blur (a delta kernel
+    where a sample is not blurred: exactly itself). No op depends on the draws' values for its
+    shape, so this traces into one static graph (`k=PLAIN` inside a larger torch.compile)."""
+    k = k or kernels()
+    x = crop_resize_banded(x, d.boxes, a.size, frames, k.crop)
+    if d.jitter is not None:
+        x = apply_jitter(x, d.jitter, d.grey, k)
+    elif d.grey is not None:
+        x = grey_rows(x, d.grey)
+    if d.blur is not None and d.sigma is not None:
+        radius = blur_radius(a.size)
+        taps = gaussian_taps(d.sigma.to(x.dtype), radius)
+        delta = (torch.arange(-radius, radius + 1, device=x.device) == 0).to(x.dtype)
+        taps = torch.where(d.blur.view(-1, 1), taps, delta)
+        x = k.blur(F.pad(x, (radius,) * 4, mode="reflect"), taps)
+    return x
 
 
 def augment_fused(a: ImageAugment, x: torch.Tensor, gen: torch.Generator | None, frames: int) -> torch.Tensor:
-    """`a`'s view of x (`ImageAugment.__call__`): the reference's draws in its order (crop and
-    flip, jitter, grayscale, blur), the pixels computed as above."""
+    """`a`'s view of x (`ImageAugment.__call__`): the reference's draws in its order, the pixels
+    computed as above."""
     b, channels, height, width = x.shape
-    boxes = draw_boxes(b // frames, height, width, (a.min_scale, a.max_scale), (a.min_ratio, a.max_ratio),
-                       a.flip_prob, gen, x.device)
-    x = crop_resize_banded(x, boxes, a.size, frames)
-    p = draw_jitter(b, a.color_jitter_strength, a.color_jitter_prob, gen, x.device, frames) if a.jitters else None
-    grey = draw_rows(a.grayscale_prob, b, frames, gen, x.device) if a.grayscale_prob > 0 and channels == 3 else None
-    if p is not None:
-        x = apply_jitter(x, p, grey)
-    elif grey is not None:
-        x = grey_rows_(x, grey)
-    if a.blur_prob > 0:
-        rows, sigma = draw_blur(b, a.blur_prob, (a.blur_sigma_min, a.blur_sigma_max), frames, gen, x.device)
-        if rows.numel():
-            radius = blur_radius(a.size)
-            padded = F.pad(x.index_select(0, rows), (radius,) * 4, mode="reflect")
-            x[rows] = kernels().blur(padded, gaussian_taps(sigma.to(x.dtype), radius))
-    return x
+    return view_pixels(a, x, draw_view(a, b, channels, height, width, frames, gen, x.device), frames)

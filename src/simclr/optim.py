@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
+
+# What the torch._foreach_* ops take and return.
+_TensorList = list[torch.Tensor] | tuple[torch.Tensor, ...]
 
 
 class LARS(torch.optim.Optimizer):
@@ -18,12 +22,17 @@ class LARS(torch.optim.Optimizer):
         v = momentum * v + lr * trust * g;   w = w - v
     Groups with `lars=False` (biases, BatchNorm) get plain momentum SGD without weight decay,
     which is what the paper means by excluding them from weight decay and adaptation.
+
+    `step` is multi-tensor: per group (and device/dtype) it dispatches a fixed number of
+    `torch._foreach_*` ops whatever the number of parameters, so a GPU step is not launch-bound.
+    A group's `lr` may be a float or a 0-dim tensor; a compiled step keeps it in a tensor that it
+    `fill_`s, so changing it does not recompile.
     """
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, object]],
-        lr: float,
+        lr: float | torch.Tensor,
         momentum: float = 0.9,
         weight_decay: float = 1e-6,
         trust_coefficient: float = 1e-3,
@@ -46,27 +55,54 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            # foreach kernels and `torch.stack` of the norms need one device and dtype per call.
+            buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
             for w in group["params"]:
-                if w.grad is None:
-                    continue
-                g = w.grad
-                if group["lars"]:
-                    if group["weight_decay"] != 0:
-                        g = g.add(w, alpha=group["weight_decay"])
-                    w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
-                    trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0),
-                        group["trust_coefficient"] * w_norm / g_norm,
-                        torch.ones_like(w_norm),
-                    )
-                    g = g * trust
-                state = self.state[w]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(w)
-                v = state["momentum_buffer"]
-                v.mul_(group["momentum"]).add_(g, alpha=group["lr"])
-                w.sub_(v)
+                if w.grad is not None:
+                    buckets.setdefault((w.device, w.dtype), []).append(w)
+            for params in buckets.values():
+                self._update(group, params)
         return loss
+
+    def _update(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """One group's update of `params` (all with a gradient, on one device, of one dtype)."""
+        grads: _TensorList = [w.grad for w in params]  # type: ignore[misc]
+        lr = group["lr"]
+        tensor_lr = isinstance(lr, torch.Tensor)
+        # A float lr goes in as `alpha` of the momentum add, which keeps the rounding of the
+        # per-tensor `v.mul_(m).add_(g, alpha=lr)`; a tensor lr cannot be an alpha (a Python
+        # number), so it is folded into the per-tensor scale instead and alpha is 1.
+        alpha = 1.0 if tensor_lr else lr
+        updates: _TensorList
+        if group["lars"]:
+            if group["weight_decay"] != 0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            w_norm = torch.stack(torch._foreach_norm(params))
+            g_norm = torch.stack(torch._foreach_norm(grads))
+            # All trust ratios at once. The 1 where a norm is 0 keeps a zero-initialized layer
+            # (||w|| = 0) training and a zero gradient from dividing by zero.
+            scale = torch.where((w_norm > 0) & (g_norm > 0), group["trust_coefficient"] * w_norm / g_norm, 1.0)
+            if tensor_lr:
+                scale = scale * lr
+            updates = torch._foreach_mul(grads, scale.unbind(0))
+        elif tensor_lr:
+            updates = torch._foreach_mul(grads, lr)
+        else:
+            updates = grads  # aliases .grad: only read below, never written
+
+        states = [self.state[w] for w in params]
+        old = [i for i, s in enumerate(states) if "momentum_buffer" in s]
+        if len(old) < len(params):
+            # First step of these parameters: v = 0 gives v = alpha * update, a fresh tensor
+            # (never an alias of .grad), made for all of them by one foreach op.
+            new = [i for i, s in enumerate(states) if "momentum_buffer" not in s]
+            for i, v in zip(new, torch._foreach_mul([updates[i] for i in new], alpha), strict=True):
+                states[i]["momentum_buffer"] = v
+        if old:
+            bufs = [states[i]["momentum_buffer"] for i in old]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, [updates[i] for i in old], alpha=alpha)
+        torch._foreach_sub_(params, [s["momentum_buffer"] for s in states])
 
 
 def is_excluded(name: str, p: torch.Tensor) -> bool:
