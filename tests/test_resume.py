@@ -256,3 +256,17 @@ def test_failed_checkpoint_write_stops_with_error_and_keeps_previous(tmp_path: P
     with pytest.raises(UserError, match="No space left on device; the previous one is kept"):
         checkpoint.save_training_checkpoint(tmp_path, _state(2, 2.0), cfg)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["progress"]["step"] == 1
+
+
+def test_a_repeated_sigterm_keeps_the_stop_request_and_a_second_ctrl_c_quits() -> None:
+    """SLURM may signal torchrun and its workers, and torchrun forwards its own SIGTERM: a worker
+    gets two. The second must not abandon the checkpoint the first asked for; a second Ctrl-C,
+    a person's "now", quits at once."""
+    from simclr.signals import SignalGuard
+
+    with SignalGuard() as guard:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert guard.requested == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)

@@ -128,7 +128,11 @@ class Config:
     # bf16 on CUDA, and for images on CPUs that compute it natively (AVX512-BF16, AMX); float32
     # elsewhere (emulated bf16 is slower than float32). `simclr train` logs which it chose.
     precision: str = "auto"  # auto, bf16, fp32
-    compile: bool = False  # torch.compile the network, the colour jitter and the blur (a one-off compile first)
+    # torch.compile: for images the whole step (views, forward, loss, backward, optimizer; a
+    # one-off compile first), for other inputs the network.
+    compile: bool = False
+    # torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune[-no-cudagraphs].
+    compile_mode: str = "default"
     sync_batchnorm: bool = True  # with several processes: BN statistics over the global batch
     dist_timeout_s: float = 1800.0  # collectives fail after this instead of hanging
 
@@ -203,6 +207,8 @@ def _validate(cfg: Config) -> None:
     check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
     check_choice("data.modality", cfg.data.modality, ("auto", *modality.names()))
     check_choice("data.pretrain_on", cfg.data.pretrain_on, ("train", "all"))
+    check_choice("compile_mode", cfg.compile_mode,
+                 ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     _validate_v2(cfg)
     for name in modality.names():  # each modality checks its own section
         modality.get(name).validate(cfg)

@@ -27,8 +27,12 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, z: torch.Tensor, keys: torch.Tensor, temperature: float, offset: int
+        ctx: Any, z: torch.Tensor, keys: torch.Tensor | None, temperature: float, offset: int
     ) -> torch.Tensor:
+        # keys None: the anchors are all the keys (one process). Passing z twice instead would
+        # be one tensor in two inputs, which torch.compile cannot trace into one graph.
+        ctx.shared = keys is None
+        keys = z if keys is None else keys
         m = z.shape[0]  # 2n local anchors; keys holds all 2N views
         anchor = torch.arange(m, device=z.device)
         positive = offset + (anchor + m // 2) % m  # view 1 of sample k pairs with view 2 of k
@@ -60,8 +64,10 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         grad_z = grad_keys = None
         if ctx.needs_input_grad[0]:
             grad_z = (torch.mm(e, keys) / s.unsqueeze(1) - keys[positive]) * scale  # (2n, d)
-        if ctx.needs_input_grad[1]:
+        if ctx.shared or ctx.needs_input_grad[1]:
             grad_keys = torch.mm(e.T, z / s.unsqueeze(1)).index_add_(0, positive, z, alpha=-1) * scale  # (2N, d)
+        if ctx.shared:  # z is the keys too: both paths' gradients are z's
+            return (grad_keys if grad_z is None else grad_z + grad_keys), None, None, None
         return grad_z, grad_keys, None, None
 
 
@@ -91,8 +97,9 @@ def nt_xent(
     # thousands of negatives is beyond bfloat16's 8-bit mantissa.
     compute_dtype = torch.float32 if z1.dtype in (torch.float16, torch.bfloat16) else z1.dtype
     z = F.normalize(torch.cat([z1, z2]).to(compute_dtype), dim=1)  # (2n, d), local views
-    keys = dist.gather_with_grad(z) if gather_distributed else z  # (2n * world, d)
+    gather = gather_distributed and dist.is_distributed()
+    keys = dist.gather_with_grad(z) if gather else None  # (2n * world, d); None: z itself
     # Local anchors in global key order: this rank's [view1 block | view2 block] starts at offset.
-    offset = z.shape[0] * dist.rank() if keys is not z else 0
+    offset = z.shape[0] * dist.rank() if gather else 0
     loss: torch.Tensor = _SoftmaxCrossEntropy.apply(z, keys, temperature, offset)  # type: ignore[no-untyped-call]
     return loss

@@ -12,7 +12,9 @@ log = logging.getLogger("simclr")
 
 class SignalGuard:
     """The first SIGINT/SIGTERM sets `requested`: the loop checkpoints after the current step
-    and stops. A second one raises KeyboardInterrupt at once."""
+    and stops. A second Ctrl-C raises KeyboardInterrupt at once; a repeated SIGTERM is ignored,
+    since schedulers send it to every process of a job (SLURM signals torchrun and its workers,
+    and torchrun forwards its own): the checkpoint the first one asked for must still be written."""
 
     def __init__(self) -> None:
         self.requested: int | None = None
@@ -26,9 +28,11 @@ class SignalGuard:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested is not None:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = signum
-        log.warning("\nsignal %d: saving a checkpoint after this step (again to quit at once)", signum)
+        log.warning("\nsignal %d: saving a checkpoint after this step (Ctrl-C again to quit at once)", signum)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():

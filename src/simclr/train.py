@@ -21,8 +21,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from simclr import dist
-from simclr.augment import two_views
+from simclr.augment import ImageAugment, two_views
 from simclr.checkpoint import restore_rng, rng_state, save_encoder, save_training_checkpoint
+from simclr.compiled import CompiledStep, set_lr
 from simclr.config import Config, save_config
 from simclr.data.prefetch import Prefetcher, place
 from simclr.data.rows import Rows, concat
@@ -90,6 +91,7 @@ class Training:
     channels_last: bool  # NHWC inputs and weights (image encoders)
     bf16: bool  # forward passes under bfloat16 autocast
     objective: Objective | None = None  # a modality's own loss (paired data); None: SimCLR's
+    compiled: CompiledStep | None = None  # compile=true on images: the whole step compiled
 
 
 def setup(cfg: Config) -> Training:
@@ -127,15 +129,20 @@ def setup(cfg: Config) -> Training:
         if cfg.sync_batchnorm:  # the paper's global BN: statistics over the whole global batch
             model = to_global_batchnorm(model, cuda=device.type == "cuda")  # type: ignore[assignment]
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:  # `model` stays the plain module: checkpoints and evaluation use it
-        net = torch.compile(net)  # type: ignore[assignment]
     check_free_space(out, model, cfg.keep_checkpoints)
     peak_lr = scaled_lr(cfg.optim.lr, cfg.batch_size, cfg.optim.lr_scaling)  # scaled by the global batch
     optimizer = build_optimizer(model, cfg.optim.name, peak_lr, cfg.optim.weight_decay, cfg.optim.momentum)
+    augment = modality.build_augment(cfg, shape)
+    compiled = None
+    if cfg.compile and own is None and type(augment) is ImageAugment and len(shape) == 3:
+        compiled = CompiledStep(net, optimizer, augment, cfg.temperature, bf16, channels_last, cfg.compile_mode,
+                                fullgraph=world == 1)
+    elif cfg.compile:  # `model` stays the plain module: checkpoints and evaluation use it
+        net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)  # type: ignore[assignment]
     steps_per_epoch = len(inputs) // cfg.batch_size  # drop the last partial batch
     return Training(
         cfg, out, device, modality, train_data, test_data, inputs, model, net,
-        modality.build_augment(cfg, shape), optimizer, peak_lr,
+        augment, optimizer, peak_lr,
         total_steps=steps_per_epoch * cfg.epochs,
         warmup_steps=round(steps_per_epoch * cfg.optim.warmup_epochs),
         steps_per_epoch=steps_per_epoch,
@@ -143,6 +150,7 @@ def setup(cfg: Config) -> Training:
         channels_last=channels_last,
         bf16=bf16,
         objective=own.objective(cfg, model, train_data, device) if own is not None else None,
+        compiled=compiled,
     )
 
 
@@ -204,10 +212,11 @@ def train_one_epoch(
     with Prefetcher(images, batches, run.device) as feed:
         for rows, x in feed:
             lr = lr_at(progress.step, run.total_steps, run.warmup_steps, run.peak_lr)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(run.optimizer, lr)
             if run.objective is not None:  # the modality's own views and loss (paired data)
                 loss = update(run.optimizer, run.objective(run.net, x, rows, aug_gen))
+            elif run.compiled is not None:  # the same views, forward, loss and update, compiled
+                loss = run.compiled(x, aug_gen)
             else:
                 x1, x2 = two_views(run.augment, x, aug_gen)  # (n, ...) each, per-sample randomness
                 if run.channels_last:
