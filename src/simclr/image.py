@@ -10,6 +10,7 @@ from torch import nn
 from simclr.augment import ImageAugment
 from simclr.config import AugmentConfig, Config
 from simclr.data import ImageData, load_images
+from simclr.data.layout import SPLIT_FOLDERS, NoSplit
 from simclr.evaluate import raw_pixels_baseline
 from simclr.experiment import SingleEncoder
 from simclr.modality import Augment, Baseline
@@ -48,7 +49,7 @@ class ImageModality(SingleEncoder):
 
     def load(
         self, cfg: Config, source: str, input_shape: list[int] | None, run_dir: Path | None, like: Any | None = None
-    ) -> tuple[ImageData, None]:
+    ) -> tuple[ImageData, ImageData | None]:
         d = cfg.data
         if like is not None:
             input_shape = [like.channels, like.image_size]
@@ -56,7 +57,23 @@ class ImageModality(SingleEncoder):
         data = load_images(
             source, channels, size, cache_dir=d.cache_dir, strict=d.strict, root=d.root, allow_download=d.download
         )
-        return data, None
+        return data, self._own_test_split(cfg, source, data) if like is None else None
+
+    @staticmethod
+    def _own_test_split(cfg: Config, source: str, data: ImageData) -> ImageData | None:
+        """A folder or archive split into train/ and test/ or val/ (ImageNet's layout) brings its
+        own evaluation set: its test/ (or val/), converted like the training images."""
+        if not data.ids or (":" in source and not Path(source).exists()):  # no files, or a split chosen
+            return None
+        folders = data.ids[0].split("/")[:-1]
+        if not any(f.lower() in SPLIT_FOLDERS["train"] for f in folders):
+            return None
+        d = cfg.data
+        try:
+            return load_images(source, data.channels, data.image_size, split="test", cache_dir=d.cache_dir,
+                               strict=d.strict, root=d.root)
+        except NoSplit:  # train/ beside unlabeled/ only
+            return None
 
     def build_augment(self, cfg: Config, input_shape: list[int]) -> Augment:
         return build_augment(cfg.augment, input_shape[-1], cfg.compile)

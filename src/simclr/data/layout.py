@@ -25,6 +25,10 @@ SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
 }
 
 
+class NoSplit(UserError):
+    """The source has no folder for the split asked for."""
+
+
 @dataclass
 class Layout:
     """Which of the listed paths are used and their labels."""
@@ -49,21 +53,21 @@ def infer_layout(paths: Sequence[tuple[str, ...]], split: str | None, origin: st
             step = folders[0]
             if _split_name(step):
                 if split is not None and not _serves(step, split):
-                    raise UserError(f"{origin} has no {split} split (only {step}/)")
+                    raise NoSplit(f"{origin} has no {split} split (only {step}/)")
                 split_used = True
         elif not has_files and _is_split_level(folders):
             wanted = split or "train"
             step = next((f for name in SPLIT_FOLDERS.get(wanted, (wanted,)) for f in folders
                          if f.lower() == name), None)
             if step is None:
-                raise UserError(f"{origin} has no {wanted} split (found {', '.join(folders)})")
+                raise NoSplit(f"{origin} has no {wanted} split (found {', '.join(folders)})")
             split_used = True
         if step is None:
             break
         prefix = (*prefix, step)
         chosen = [i for i in chosen if paths[i][depth] == step]
     if split is not None and not split_used:
-        raise UserError(f"{origin} has no {split} split: no train/, test/ or val/ folders")
+        raise NoSplit(f"{origin} has no {split} split: no train/, test/ or val/ folders")
     depth = len(prefix)
     if folders and not has_files and len(folders) >= 2 and all(len(paths[i]) == depth + 2 for i in chosen):
         classes = folders

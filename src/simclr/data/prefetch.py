@@ -55,9 +55,8 @@ def place(images: torch.Tensor | Rows, device: torch.device, setting: str) -> to
 
 
 def to_device(images: torch.Tensor | Rows, device: torch.device, chunk: int = 4096) -> torch.Tensor:
-    """A copy on `device`, made in chunks of rows so the host never holds a second copy."""
-    if isinstance(images, torch.Tensor) and images.device == device:
-        return images
+    """A copy on `device` (in memory, for the CPU: a memory-mapped set is read in whole), made in
+    chunks of rows so the host never holds a second copy."""
     out = torch.empty(tuple(images.shape), dtype=images.dtype, device=device)
     for start in range(0, len(images), chunk):
         part = images[start : start + chunk]

@@ -1,0 +1,122 @@
+"""The data path is bounded by the batch: subsets are read on demand, the next batches are read
+ahead on a thread, the set moves to the device only when asked or when it fits, and the
+held-out split is sized to the data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from simclr.config import load_config
+from simclr.data.imagedata import ImageData
+from simclr.data.prefetch import Prefetcher, place
+from simclr.data.rows import Rows, concat, take
+from simclr.experiment import held_out_size, load_datasets
+from simclr.modality import resolve
+
+
+def test_rows_read_only_what_is_indexed_and_behave_as_the_subset() -> None:
+    base = torch.arange(10 * 3).view(10, 3)
+    rows = take(base, torch.tensor([7, 2, 5, 0]))
+    assert isinstance(rows, Rows) and rows.base is base and len(rows) == 4 and rows.shape == (4, 3)
+    expected = base[[7, 2, 5, 0]]
+    assert torch.equal(rows[torch.tensor([1, 3])], expected[[1, 3]])
+    assert torch.equal(rows[np.array([0])], expected[[0]]) and torch.equal(rows[2], expected[2])
+    part = rows[1:3]
+    assert isinstance(part, Rows) and torch.equal(part.materialize(), expected[1:3])  # a slice stays lazy
+    assert torch.equal(rows.float(), expected.float())  # any other method on the materialized rows
+    assert torch.equal(torch.cat([rows, base[:1]]), torch.cat([expected, base[:1]]))
+    assert torch.equal(take(rows, torch.tensor([3, 0])).materialize(), expected[[3, 0]])
+    both = concat(rows, take(base, torch.tensor([1])))
+    assert isinstance(both, Rows) and both.base is base and torch.equal(both.materialize(), base[[7, 2, 5, 0, 1]])
+
+
+def test_a_subset_of_a_set_copies_no_images() -> None:
+    data = ImageData(torch.zeros(100, 1, 4, 4, dtype=torch.uint8), torch.arange(100) % 2, "x")
+    sub = data.subset(np.arange(0, 100, 3))
+    assert isinstance(sub.images, Rows) and sub.images.base is data.images and len(sub) == 34
+    assert torch.equal(sub.labels, data.labels[::3])  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("n", "held_out"), [(1797, 899), (3000, 1000), (20_000, 2000), (100_000, 10_000),
+                                             (1_000_000, 10_000)])
+def test_the_held_out_split_is_sized_to_the_data(tmp_path: Path, n: int, held_out: int) -> None:
+    """Half of a small set; 1,000 or 10 % of a larger one, at most 10,000: a labelled set of
+    100,000 keeps 90,000 for pretraining, a million keeps 990,000."""
+    if n <= 100_000:  # through load_datasets, on a real .npy source
+        path = tmp_path / "x.npz"
+        np.savez(path, images=np.zeros((n, 2, 2), np.uint8), labels=np.arange(n) % 10)
+        cfg = load_config(overrides=[f"data.source={path}", "data.cache_dir=" + str(tmp_path / "c")])
+        train, test = load_datasets(cfg, resolve(cfg))
+        assert (len(train), len(test)) == (n - held_out, held_out)
+        per_class = torch.bincount(test.labels)
+        assert len(per_class) == 10 and per_class.max() - per_class.min() <= 1  # stratified
+        assert not set(train.images.index.tolist()) & set(test.images.index.tolist())
+    size = held_out_size(n)
+    assert (round(size * n) if isinstance(size, float) else size) in (held_out, held_out - 1)
+
+
+def test_a_train_and_val_folder_evaluates_on_val(tmp_path: Path) -> None:
+    """ImageNet's layout: pretrain on train/, evaluate on val/ (nothing held out of train/)."""
+    counts = {"train": 12, "val": 5}
+    for split, n in counts.items():
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "set" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(folder / f"{i}.png")
+    cfg = load_config(overrides=[f"data.source={tmp_path / 'set'}", f"data.cache_dir={tmp_path / 'c'}"])
+    train, test = load_datasets(cfg, resolve(cfg))
+    assert (len(train), len(test)) == (2 * counts["train"], 2 * counts["val"])
+    assert test.classes == ["cat", "dog"] and all(i.startswith("val/") for i in test.ids)
+
+
+def test_the_prefetcher_yields_every_batch_in_order_and_stops_when_closed() -> None:
+    images = torch.arange(64 * 2, dtype=torch.uint8).view(64, 2)
+    batches = [torch.randperm(64)[:8] for _ in range(6)]
+    with Prefetcher(take(images, torch.arange(64)), batches, torch.device("cpu")) as feed:
+        got = list(feed)
+    assert [r for r, _ in got] == batches and all(torch.equal(x, images[r]) for r, x in got)
+    feed = Prefetcher(images, batches, torch.device("cpu"), depth=1)
+    next(iter(feed))
+    feed.close()  # mid-epoch (a stop request): the reader thread ends
+    assert feed.thread is not None and not feed.thread.is_alive()
+    assert not [t for t in threading.enumerate() if t.name == "simclr-prefetch"]
+
+
+def test_a_reading_error_reaches_the_training_thread() -> None:
+    bad = Rows(torch.zeros(4, 1), torch.tensor([0, 9]))  # row 9 is out of range
+    with pytest.raises(IndexError), Prefetcher(bad, [torch.tensor([0, 1])], torch.device("cpu")) as feed:
+        list(feed)
+
+
+def test_device_resident_on_the_cpu() -> None:
+    """auto and false read the map per batch; true reads the set into memory, the same values."""
+    base = torch.arange(40, dtype=torch.uint8).view(10, 4)
+    rows = take(base, torch.arange(9, -1, -1))
+    assert place(rows, torch.device("cpu"), "auto") is rows and place(rows, torch.device("cpu"), "False") is rows
+    moved = place(rows, torch.device("cpu"), "true")
+    assert isinstance(moved, torch.Tensor) and torch.equal(moved, base.flip(0))
+    assert moved.untyped_storage().data_ptr() != base.untyped_storage().data_ptr()
+
+
+def test_streamed_and_in_memory_training_are_bit_identical(tmp_path: Path) -> None:
+    """The prefetcher changes when rows are read, not which: the same weights either way."""
+    env = {**os.environ, "SIMCLR_CACHE": str(tmp_path / "cache")}
+    for resident in ("false", "true"):
+        result = subprocess.run(
+            [sys.executable, "-m", "simclr", "train", "--out", str(tmp_path / resident), "--epochs", "2",
+             "--batch-size", "128", f"data.device_resident={resident}", "report=false", "eval_finetune=false",
+             "eval_every=0", "threads=1"], capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+    a, b = (load_file(tmp_path / r / "encoder.safetensors") for r in ("false", "true"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
