@@ -120,3 +120,38 @@ def test_streamed_and_in_memory_training_are_bit_identical(tmp_path: Path) -> No
         assert result.returncode == 0, result.stderr[-2000:]
     a, b = (load_file(tmp_path / r / "encoder.safetensors") for r in ("false", "true"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_interrupted_first_decode_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decode stopped partway (Ctrl-C, a killed job) continues from its last saved chunk, and
+    gives the cache an uninterrupted decode gives."""
+    from simclr.data import decode, load_images
+
+    folder = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(300):
+            Image.new("RGB", (6, 6), (i % 256, 40 if cls == "a" else 200, 7)).save(folder / cls / f"{i:03d}.png")
+    (folder / "a" / "broken.png").write_bytes(b"not an image")  # a skipped file survives the resume too
+    monkeypatch.setattr(decode, "CHUNK", 64)
+    monkeypatch.setattr(decode, "SAVE_EVERY_S", 0.0)  # save after every chunk
+    calls = {"n": 0}
+    real = decode.decode_image
+
+    def counting(data: bytes, size: int, channels: int | None) -> tuple[np.ndarray, bool]:
+        calls["n"] += 1
+        if calls["n"] == 450 and calls.get("stop", True):
+            raise KeyboardInterrupt
+        return real(data, size, channels)
+
+    monkeypatch.setattr(decode, "decode_image", counting)
+    with pytest.raises(KeyboardInterrupt):
+        load_images(str(folder), cache_dir=tmp_path / "cache", workers=1)
+    calls.update(n=0, stop=False)
+    resumed = load_images(str(folder), cache_dir=tmp_path / "cache", workers=1)
+    assert 150 <= calls["n"] <= 600 - 384  # from the last saved chunk (6 of 64 done), not from file 1
+    fresh = load_images(str(folder), cache_dir=tmp_path / "fresh", workers=1)
+    assert torch.equal(resumed.images, fresh.images) and torch.equal(resumed.labels, fresh.labels)
+    assert resumed.skipped == fresh.skipped and len(resumed.skipped) == 1 and resumed.ids == fresh.ids
+    slot = next((tmp_path / "cache").iterdir())
+    assert sorted(p.name for p in slot.iterdir()) == ["images.u8", "labels.npy", "meta.json", "partial.lock"]

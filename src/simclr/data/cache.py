@@ -23,6 +23,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: builds start over after an interruption
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger("simclr")
 
 CACHE_VERSION = 2  # bump when decoding changes what a cached image holds
@@ -80,6 +85,7 @@ class Slot:
         self.folder = folder
         self.fingerprint = fingerprint
         self._tmp: list[Path] = []
+        self._lock: Any = None  # the lock on a resumable build's partial file
 
     @classmethod
     def for_source(cls, cache_dir: Path | None, name: str, identity: dict[str, Any],
@@ -110,6 +116,54 @@ class Slot:
         skipped = [(str(p), str(r)) for p, r in meta.get("skipped", [])]
         ids = meta.get("ids")
         return Cached(images, labels, meta.get("classes"), skipped, meta.get("note", ""), self.folder, ids)
+
+    def resumable(self, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """A writable uint8 array of `shape` for a decode that can resume: the slot's partial
+        file, and the progress an interrupted build of the same source and settings saved into
+        it (None: start from the beginning). Without a cache folder, or when another process
+        is building this slot, the plain `allocate`."""
+        if self.folder is None or int(np.prod(shape)) == 0 or fcntl is None:
+            return self.allocate(shape), None
+        partial, progress = self.folder / "images.u8.partial", self.folder / "partial.json"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock = open(self.folder / "partial.lock", "w")  # noqa: SIM115 - held until write()
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another process builds it: build our own copy
+                lock.close()
+                return self.allocate(shape), None
+            self._lock = lock
+            state = None
+            try:
+                saved = json.loads(progress.read_text())
+                if (saved.get("fingerprint"), saved.get("shape")) == (self.fingerprint, list(shape)) \
+                        and partial.stat().st_size == int(np.prod(shape)):
+                    state = saved
+            except (OSError, ValueError):
+                pass
+            if state is None:
+                progress.unlink(missing_ok=True)
+                with open(partial, "wb") as f:
+                    if hasattr(os, "posix_fallocate"):  # see allocate
+                        os.posix_fallocate(f.fileno(), 0, int(np.prod(shape)))
+                    else:
+                        f.truncate(int(np.prod(shape)))
+            return np.memmap(partial, dtype=np.uint8, mode="r+", shape=shape), state
+        except OSError as e:
+            log.warning("cannot write the image cache in %s (%s); decoding into memory "
+                        "only, so the next run decodes again", self.folder, e.strerror or e)
+            self.folder = None
+            return np.empty(shape, dtype=np.uint8), None
+
+    def save_progress(self, images: np.ndarray, state: dict[str, Any]) -> None:
+        """Record how far a `resumable` build got: the rows written so far are flushed first,
+        so a saved state never promises rows the file lacks."""
+        if not isinstance(images, np.memmap) or self.folder is None or self._lock is None:
+            return
+        images.flush()
+        with self._temporary(self.folder / "partial.json") as tmp:
+            tmp.write_text(json.dumps({**state, "fingerprint": self.fingerprint, "shape": list(images.shape)}))
 
     def allocate(self, shape: tuple[int, ...]) -> np.ndarray:
         """A writable uint8 array of `shape`: a memory-mapped temporary file in the slot, or
@@ -157,6 +211,8 @@ class Slot:
             }
             with self._temporary(self.folder / "meta.json") as tmp:
                 tmp.write_text(json.dumps(meta))
+            (self.folder / "partial.json").unlink(missing_ok=True)  # finished: nothing to resume
+            (self.folder / "images.u8.partial").unlink(missing_ok=True)  # if copied, not renamed
         except OSError as e:
             log.warning("cannot write the image cache in %s (%s); the next run decodes again",
                         self.folder, e.strerror or e)
@@ -164,10 +220,14 @@ class Slot:
         return Cached(images, labels, built.classes, built.skipped, built.note, self.folder, built.ids)
 
     def cleanup(self) -> None:
-        """Remove temporary files left by an unfinished build."""
+        """Remove temporary files left by an unfinished build (a resumable build's partial file
+        stays for the next run) and release its lock."""
         for tmp in self._tmp:
             tmp.unlink(missing_ok=True)
         self._tmp.clear()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _finish_images(self, allocated: np.memmap, rows: np.ndarray) -> Path:
         """The file holding exactly `rows`: the allocated file cut to length, or a copy when

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -27,7 +29,17 @@ MIN_AUTO_SIZE = 8
 MAX_AUTO_SIZE = 224
 
 CHUNK = 256  # files read, then decoded in parallel, per step
+SAVE_EVERY_S = 10.0  # how often a resumable decode records its progress
 Allocate = Callable[[tuple[int, ...]], np.ndarray]
+
+
+@dataclass
+class Resume:
+    """Where a decode keeps its progress: `allocate` gives the output array and the state an
+    interrupted decode saved (or None), `save` records the state."""
+
+    allocate: Callable[[tuple[int, ...]], tuple[np.ndarray, dict[str, Any] | None]]
+    save: Callable[[np.ndarray, dict[str, Any]], None]
 
 
 @dataclass
@@ -73,16 +85,22 @@ def auto_size(entries: Sequence[Entry]) -> tuple[int, str]:
 
 def decode_entries(
     entries: Sequence[Entry], size: int, channels: int | None, allocate: Allocate,
-    strict: bool = False, workers: int | None = None, desc: str = "decoding",
+    strict: bool = False, workers: int | None = None, desc: str = "decoding", resume: Resume | None = None,
 ) -> Decoded:
     """Decode every entry to (C, size, size), C = channels or 3 when None, into an array
     from `allocate`. Broken files are skipped with their reason; with `strict`, the first
-    one raises UserError."""
+    one raises UserError. With `resume`, the progress is saved every SAVE_EVERY_S seconds and
+    a decode that was interrupted continues where it was saved instead of starting over."""
     c = channels or 3
-    out = allocate((len(entries), c, size, size))
-    kept: list[int] = []
-    skipped: list[tuple[str, str]] = []
-    all_grey = True
+    shape = (len(entries), c, size, size)
+    out, state = resume.allocate(shape) if resume is not None else (allocate(shape), None)
+    kept: list[int] = list(state["kept"]) if state else []
+    skipped: list[tuple[str, str]] = [(str(p), str(r)) for p, r in state["skipped"]] if state else []
+    all_grey = bool(state["all_grey"]) if state else True
+    first = int(state["next"]) if state else 0
+    if first:
+        log.info("%s: resuming an interrupted decode at file %d of %d", desc, first, len(entries))
+    saved_at = time.monotonic()
     workers = workers or default_workers()
 
     def skip(entry: Entry, reason: str) -> None:
@@ -97,13 +115,13 @@ def decode_entries(
             return e.reason
 
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    bar = tqdm(total=len(entries), unit="img", desc=desc, dynamic_ncols=True)
+    bar = tqdm(total=len(entries), initial=first, unit="img", desc=desc, dynamic_ncols=True)
     try:
         # Past Pillow's pixel limit (but under twice it) Pillow only warns; make that an
         # error for every decoding thread (the filter list is process-wide).
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            for start in range(0, len(entries), CHUNK):
+            for start in range(first, len(entries), CHUNK):
                 chunk = range(start, min(start + CHUNK, len(entries)))
                 ready: list[tuple[int, bytes]] = []
                 for i in chunk:
@@ -126,6 +144,9 @@ def decode_entries(
                     kept.append(i)
                     all_grey = all_grey and grey
                 bar.update(len(chunk))
+                if resume is not None and time.monotonic() - saved_at >= SAVE_EVERY_S:
+                    resume.save(out, {"next": chunk.stop, "kept": kept, "skipped": skipped, "all_grey": all_grey})
+                    saved_at = time.monotonic()
     finally:
         bar.close()
         if pool is not None:

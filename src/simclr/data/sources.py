@@ -19,7 +19,7 @@ from tqdm import tqdm
 from simclr.data import builtin
 from simclr.data.arrays import read_array_file
 from simclr.data.cache import Built, Cached, Slot, cache_root
-from simclr.data.decode import auto_size, decode_entries
+from simclr.data.decode import Resume, auto_size, decode_entries
 from simclr.data.imagedata import ImageData, fit_uint8
 from simclr.data.layout import infer_layout
 from simclr.data.listing import Entry, list_folder, list_tar, list_zip, printable
@@ -222,7 +222,8 @@ class _Context:
                  labelled, size, f"; {note}" if note else "")
         try:
             decoded = decode_entries(chosen, size, self.channels, slot.allocate, self.strict,
-                                     self.workers, desc=f"decoding {self.name}")
+                                     self.workers, desc=f"decoding {self.name}",
+                                     resume=Resume(slot.resumable, slot.save_progress))
             if decoded.count == 0:
                 summary = skip_summary(decoded.skipped)
                 raise UserError(f"no usable images in {self.display} ({summary}){_packed_hint(chosen)}")
