@@ -237,7 +237,7 @@ if wants suite; then
       device=cpu; selection=(tests/test_cli.py -k "test_bad_input and not in_a_process"); workers=()
     else
       device=cuda; workers=(-n 16 --dist loadfile)
-      selection=(tests/test_cli.py tests/test_series.py tests/test_text.py tests/test_paired.py tests/test_video.py)
+      selection=(tests/test_streaming.py tests/test_compiled.py tests/test_cli.py tests/test_series.py tests/test_text.py tests/test_paired.py tests/test_video.py)
     fi
     SIMCLR_TEST_DEVICE=$device staged suite "$limit" "$OUT_DIR/pytest.log" \
       "$PY" -m pytest -v "${workers[@]}" -p no:cacheprovider --tb=short -rfE "${selection[@]}"

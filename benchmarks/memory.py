@@ -9,7 +9,7 @@ into the decode cache and then reads it memory-mapped. Each run is `simclr train
 process; this script samples the child's anonymous resident memory (RssAnon: its own pages, not
 the page cache that holds the mapped file) every 50 ms and reads images/s from metrics.jsonl.
 
-1. first run: the conversion into the cache (chunked), timed and its peak memory recorded;
+1. the first load: the conversion into the cache (chunked), timed and its peak memory recorded;
 2. streamed: `data.device_resident=false`, batches gathered from the map by the prefetcher;
 3. in RAM: `data.device_resident=true`, the whole set read into memory first (on a GPU it would
    be copied to the device instead).
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -66,6 +67,25 @@ def run(args: list[str], out: Path, log: Path) -> dict[str, Any]:
     """`simclr train ARGS --out OUT` in a child; its peak RssAnon, wall time and images/s."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "simclr", "train", *args, "--out", str(out)]
+    peak, wall = watch(cmd, log)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    rates = [r["images_per_s"] for r in rows[1:]] or [rows[-1]["images_per_s"]]  # the first includes warm-up
+    device = re.search(r"peak device memory ([0-9.]+) GiB", log.read_text())  # on a GPU only
+    return {"peak_anon_mib": peak, "wall_s": wall, "images_per_s": statistics.median(rates),
+            "peak_device_gib": float(device.group(1)) if device else None,
+            "steps": rows[-1]["step"], "command": " ".join(["simclr", "train", *args])}
+
+
+def convert(source: str, cache: Path, log: Path) -> dict[str, Any]:
+    """The first load: the set converted into the decode cache, in a child."""
+    code = (f"from simclr.data import load_images; d = load_images({source!r}, cache_dir={str(cache)!r}); "
+            "print(len(d), tuple(d.images.shape))")
+    peak, wall = watch([sys.executable, "-c", code], log)
+    return {"peak_anon_mib": peak, "wall_s": wall}
+
+
+def watch(cmd: list[str], log: Path) -> tuple[float, float]:
+    """Run `cmd`; its peak RssAnon in MiB, sampled every 50 ms, and its wall time."""
     start = time.perf_counter()
     with open(log, "w") as f:
         child = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -84,10 +104,7 @@ def run(args: list[str], out: Path, log: Path) -> dict[str, Any]:
     wall = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({code}); see {log}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-    rates = [r["images_per_s"] for r in rows[1:]] or [rows[-1]["images_per_s"]]  # the first includes warm-up
-    return {"peak_anon_mib": peak / 1024, "wall_s": wall, "images_per_s": statistics.median(rates),
-            "steps": rows[-1]["step"], "command": " ".join(["simclr", "train", *args])}
+    return peak / 1024, wall
 
 
 def main() -> None:
@@ -95,15 +112,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "memory")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory.json")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--encoder", default="small_cnn_w0.5")
+    parser.add_argument("--device", default="cpu", help="cuda: the device's peak memory is recorded too")
     parser.add_argument("--keep", action="store_true", help="keep the generated set and cache")
     a = parser.parse_args()
     data = generate(a.work / "stl", a.images)
     cache = a.work / "cache"
     common = ["--data", f"{data}:unlabeled", "--epochs", "1", f"batch_size={a.batch_size}",
               f"model.encoder={a.encoder}", "report=false", "checkpoint_every=0", "log_every=20",
-              "device=cpu", f"data.cache_dir={cache}"]
+              f"device={a.device}", f"data.cache_dir={cache}"]
     cache_bytes = a.images * 3 * 96 * 96
     results: dict[str, Any] = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -111,8 +129,10 @@ def main() -> None:
         "cache_gib": cache_bytes / 2**30,
     }
     shutil.rmtree(cache, ignore_errors=True)
+    print("== converting into the cache", flush=True)
+    results["convert"] = convert(f"{data}:unlabeled", cache, a.work / "convert.log")
+    print(json.dumps(results["convert"]), flush=True)
     stages = {
-        "first_run_converts": [*common, "data.device_resident=false"],
         "streamed": [*common, "data.device_resident=false"],
         "in_ram": [*common, "data.device_resident=true"],
     }

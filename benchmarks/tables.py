@@ -88,11 +88,35 @@ def eval_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def memory_table(res: dict[str, Any]) -> str:
+    s, r, c = res["streamed"], res["in_ram"], res["convert"]
+    lines = [
+        f"`python benchmarks/memory.py` of {res['date']}, torch {res['torch']}, {res['cpu_count']} CPU cores, "
+        f"no GPU: {res['images']:,} generated 96 px images ({res['cache_gib']:.2f} GiB decoded), one epoch, "
+        f"`{s['command'].split(' --data ')[1].split(' data.cache_dir')[0].split(' ', 1)[1]}`; "
+        "`benchmarks/results/memory.json`.",
+        "",
+        "| run | peak anonymous memory | images/s | wall |",
+        "|---|---|---|---|",
+        f"| first load: conversion into the cache | {number(c['peak_anon_mib'], 'MiB')} | – "
+        f"| {number(c['wall_s'], 's')} |",
+        f"| streamed from the cache (`data.device_resident=false`) | {number(s['peak_anon_mib'], 'MiB')} "
+        f"| {number(s['images_per_s'])} | {number(s['wall_s'], 's')} |",
+        f"| the set in RAM (`data.device_resident=true`) | {number(r['peak_anon_mib'], 'MiB')} "
+        f"| {number(r['images_per_s'])} | {number(r['wall_s'], 's')} |",
+        "",
+        f"Streamed, the decoded set is {res['cache_over_streamed_peak']:.1f}× the process's peak anonymous memory, "
+        f"at {res['streamed_speed_vs_in_ram']:.2f}× the speed with the set in RAM.",
+    ]
+    return "\n".join(lines)
+
+
 TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "speed": ("bench.json", lambda r: speed_table(r)),
     "speed-headline": ("bench.json", lambda r: speed_table(r, headline=True)),
     "cpu-tuning": ("cpu_tuning.json", cpu_tuning_table),
     "demo": ("demo.json", eval_table),
+    "memory": ("memory.json", memory_table),
 }
 BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- end:\2 -->)", re.S)
 

@@ -155,3 +155,35 @@ def test_an_interrupted_first_decode_resumes_where_it_stopped(tmp_path: Path, mo
     assert resumed.skipped == fresh.skipped and len(resumed.skipped) == 1 and resumed.ids == fresh.ids
     slot = next((tmp_path / "cache").iterdir())
     assert sorted(p.name for p in slot.iterdir()) == ["images.u8", "labels.npy", "meta.json", "partial.lock"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu.sh runs it)")
+@pytest.mark.parametrize("resident", [True, False])
+def test_the_steps_between_logs_never_wait_for_the_device(resident: bool) -> None:
+    """The hot path of train_one_epoch (read ahead, two views, forward, loss, backward, LARS, the
+    finiteness flag, the next learning rate) under CUDA's sync check set to raise."""
+    from simclr import ImageAugment, build_model, build_optimizer, two_views
+    from simclr.compiled import set_lr
+    from simclr.train import Finite, train_step
+
+    device = torch.device("cuda")
+    model = build_model("small_cnn", 3, 32).to(device)
+    opt = build_optimizer(model, "lars", 0.3, 1e-6)
+    images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8)
+    if resident:
+        images = place(images, device, "true")  # type: ignore[assignment]
+    batches = [torch.randperm(256)[:64] for _ in range(4)]
+    gen, finite, aug = torch.Generator(device=device).manual_seed(0), Finite(device, 0), ImageAugment(32)
+    feed = Prefetcher(images, batches, device)
+    steps = iter(feed)
+    next(steps)  # the first step may allocate and initialize lazily
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step, (_, x) in enumerate(steps):
+            set_lr(opt, 0.1 * (step + 1))
+            finite.add(train_step(model, opt, *two_views(aug, x, gen), 0.5))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        feed.close()
+    finite.check(4)

@@ -72,8 +72,12 @@ def extract_features_sharded(
     if world == 1 or len(inputs) == 0:
         return extract_features(encoder, inputs, batch_size, device)
     share = -(-len(inputs) // world)  # ceil: equal shares, the last rank repeats the last input
-    rows = torch.arange(dist.rank() * share, (dist.rank() + 1) * share).clamp(max=len(inputs) - 1)
-    local = extract_features(encoder, inputs[rows], batch_size, device)
+    start = dist.rank() * share
+    if start + share <= len(inputs):  # a slice: read in batches (inputs may be rows of a memory map)
+        part = inputs[start : start + share]
+    else:
+        part = inputs[torch.arange(start, start + share).clamp(max=len(inputs) - 1)]
+    local = extract_features(encoder, part, batch_size, device)
     return dist.all_gather_rows(local)[: len(inputs)]
 
 

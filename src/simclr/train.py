@@ -353,6 +353,8 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         raise UserError(f"stopped at step {progress.step}; continue with: simclr train --resume {run.out}") from None
     finally:
         logger.close()
+    if run.device.type == "cuda":
+        log.info("peak device memory %.2f GiB", torch.cuda.max_memory_allocated(run.device) / 2**30)
     own = trainer_of(run.modality)
     features = None
     if labelled(run) and own is None:  # every rank encodes its share of the evaluation images

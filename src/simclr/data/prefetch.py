@@ -67,8 +67,8 @@ def to_device(images: torch.Tensor | Rows, device: torch.device, chunk: int = 40
 def gather(images: torch.Tensor | Rows, rows: torch.Tensor, pin: bool = False) -> torch.Tensor:
     """images[rows] as a new tensor (in pinned memory with `pin`)."""
     base, index = (images.base, images.index[rows]) if isinstance(images, Rows) else (images, rows)
-    if base.device.type != "cpu":
-        return base[index.to(base.device)]
+    if base.device.type != "cpu":  # via pinned memory: a pageable copy would make the host wait
+        return base[index.pin_memory().to(base.device, non_blocking=True)]
     out = torch.empty((len(index), *base.shape[1:]), dtype=base.dtype, pin_memory=pin)
     return torch.index_select(base, 0, index, out=out)
 
