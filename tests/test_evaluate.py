@@ -225,3 +225,21 @@ def test_embedding_file_opens_with_numpy(tmp_path: Path) -> None:
     assert plain["labels"].tolist() == [-1] * 20 and plain["labels"].dtype == np.int64
     with pytest.raises(ValueError, match="ids"):
         embed_to_file(f, data.images, ["a"], None, tmp_path / "bad.npz", progress=False)
+
+
+def test_a_raw_pixel_baseline_beyond_memory_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a set whose float32 pixels would not fit, the long run's evaluation still ends: the
+    raw_pixels row is empty, a note says why, and the other encoders are evaluated as usual."""
+    import simclr.evaluate as ev
+
+    data = toy_images(n_per_class=10)
+    train, test = data.subset(np.arange(0, 40, 2)), data.subset(np.arange(1, 40, 2))
+    pixels = 4 * 40 * 8 * 8  # float32 bytes of the 40 images
+    monkeypatch.setattr(ev, "physical_memory", lambda: 4 * pixels - 1)  # a quarter is one byte short
+    results, notes = evaluate_suite(SmallCNN(1, width=8), lambda: SmallCNN(1, width=8), train, test, finetune=False)
+    assert all(math.isnan(v) for v in results["raw_pixels"].values())
+    assert any(n.startswith("raw_pixels: skipped, its float32 pixels would take") for n in notes)
+    assert not math.isnan(results["simclr"]["linear"]) and not math.isnan(results["random_init"]["knn"])
+    monkeypatch.setattr(ev, "physical_memory", lambda: 4 * pixels)  # exactly fits: evaluated
+    results, _ = evaluate_suite(SmallCNN(1, width=8), lambda: SmallCNN(1, width=8), train, test, finetune=False)
+    assert not math.isnan(results["raw_pixels"]["linear"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -160,11 +161,38 @@ def feature_metrics(
     return row
 
 
+class BaselineSkipped(Exception):
+    """A baseline that cannot run on this machine: its row stays empty (NaN) and the message
+    goes into eval.json's notes."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: skipped, {reason}")
+        self.name = name
+
+
+# The raw-pixel baseline holds every training and test pixel as float32: above this share of the
+# machine's memory it is skipped (with a note) rather than end a long run out of memory.
+RAW_PIXELS_MEMORY_SHARE = 0.25
+
+
+def physical_memory() -> int | None:
+    """The machine's RAM in bytes, where the OS says (Linux, macOS)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def raw_pixels_baseline(
     train: Any, test: Any, subsets: dict[str, np.ndarray], k: int, seed: int
 ) -> tuple[str, dict[str, float]]:
     """The image baseline: the frozen-feature metrics on the raw pixels."""
     assert train.labels is not None and test.labels is not None
+    need = 4 * (math.prod(train.inputs.shape) + math.prod(test.inputs.shape))
+    ram = physical_memory()
+    if ram is not None and need > RAW_PIXELS_MEMORY_SHARE * ram:
+        raise BaselineSkipped("raw_pixels", f"its float32 pixels would take {need / 2**30:.1f} GiB, more than "
+                              f"{RAW_PIXELS_MEMORY_SHARE:.0%} of this machine's {ram / 2**30:.1f} GiB")
     ytr, yte = train.labels.long().cpu(), test.labels.long().cpu()
     return "raw_pixels", feature_metrics(raw_pixels(train.inputs), ytr, raw_pixels(test.inputs), yte, subsets, k, seed)
 
@@ -249,9 +277,14 @@ def evaluate_suite(
         xtr, xte = features[name]
         log.info("evaluating %s: linear probe, kNN, label fractions", name)
         results[name] = {**nan_row, **feature_metrics(xtr, ytr, xte, yte, subsets, k, seed)}
-    name, row = baseline(train_data, test_data, subsets, k, seed)
-    log.info("evaluated the %s baseline", name)
-    results[name] = {**nan_row, **row}
+    try:
+        name, row = baseline(train_data, test_data, subsets, k, seed)
+        log.info("evaluated the %s baseline", name)
+        results[name] = {**nan_row, **row}
+    except BaselineSkipped as e:  # the other rows stand; the note says why this one is empty
+        results[e.name] = dict(nan_row)
+        notes.append(str(e))
+        log.warning("%s", e)
     results["supervised"] = dict(nan_row)
     for fraction in fractions if finetune else ():
         labelled = torch.as_tensor(subsets[f"linear_{fraction_name(fraction)}"])
