@@ -163,7 +163,7 @@ def test_the_steps_between_logs_never_wait_for_the_device(resident: bool) -> Non
     """The hot path of train_one_epoch (read ahead, two views, forward, loss, backward, LARS, the
     finiteness flag, the next learning rate) under CUDA's sync check set to raise."""
     from simclr import ImageAugment, build_model, build_optimizer, two_views
-    from simclr.compiled import set_lr
+    from simclr.optim import set_lr
     from simclr.train import Finite, train_step
 
     device = torch.device("cuda")

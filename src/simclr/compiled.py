@@ -32,9 +32,7 @@ class CompiledStep:
                  fullgraph: bool = True, backend: str = "inductor") -> None:
         self.net, self.optimizer, self.augment = net, optimizer, augment
         self.temperature, self.bf16, self.channels_last = temperature, bf16, channels_last
-        options: dict[str, Any] = {"fullgraph": fullgraph, "backend": backend}
-        if mode != "default":
-            options["mode"] = mode
+        options: dict[str, Any] = {"fullgraph": fullgraph, "backend": backend, "mode": mode}
         self.loss = torch.compile(self._loss, **options)
         self.update = torch.compile(optimizer.step, **options)
         self._ready = False
@@ -71,11 +69,3 @@ class CompiledStep:
         self.update()
         return loss.detach()
 
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Every group's learning rate: filled into its tensor where it has one (a compiled step)."""
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr

@@ -11,6 +11,7 @@ from simclr.augment import ImageAugment
 from simclr.config import AugmentConfig, Config
 from simclr.data import ImageData, load_images
 from simclr.data.layout import SPLIT_FOLDERS, NoSplit
+from simclr.data.sources import split_suffix
 from simclr.evaluate import raw_pixels_baseline
 from simclr.experiment import SingleEncoder
 from simclr.modality import Augment, Baseline
@@ -63,7 +64,7 @@ class ImageModality(SingleEncoder):
     def _own_test_split(cfg: Config, source: str, data: ImageData) -> ImageData | None:
         """A folder or archive split into train/ and test/ or val/ (ImageNet's layout) brings its
         own evaluation set: its test/ (or val/), converted like the training images."""
-        if not data.ids or (":" in source and not Path(source).exists()):  # no files, or a split chosen
+        if not data.ids or split_suffix(source, None)[1]:  # no files, or a split chosen
             return None
         folders = data.ids[0].split("/")[:-1]
         if not any(f.lower() in SPLIT_FOLDERS["train"] for f in folders):

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from simclr import dist
 from simclr.augment import ImageAugment, two_views
 from simclr.checkpoint import restore_rng, rng_state, save_encoder, save_training_checkpoint
-from simclr.compiled import CompiledStep, set_lr
+from simclr.compiled import CompiledStep
 from simclr.config import Config, save_config
 from simclr.data.prefetch import Prefetcher, place
 from simclr.data.rows import Rows, concat
@@ -36,7 +36,7 @@ from simclr.loss import nt_xent
 from simclr.metrics import MetricsLogger
 from simclr.modality import Augment, Modality, Objective, resolve, trainer_of
 from simclr.model import SimCLR, build_model
-from simclr.optim import build_optimizer, lr_at, scaled_lr
+from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from simclr.report import build_report
 from simclr.signals import SignalGuard
 
@@ -138,7 +138,7 @@ def setup(cfg: Config) -> Training:
         compiled = CompiledStep(net, optimizer, augment, cfg.temperature, bf16, channels_last, cfg.compile_mode,
                                 fullgraph=world == 1)
     elif cfg.compile:  # `model` stays the plain module: checkpoints and evaluation use it
-        net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)  # type: ignore[assignment]
+        net = torch.compile(net, mode=cfg.compile_mode)  # type: ignore[assignment]
     steps_per_epoch = len(inputs) // cfg.batch_size  # drop the last partial batch
     return Training(
         cfg, out, device, modality, train_data, test_data, inputs, model, net,

@@ -34,6 +34,18 @@ CACHE_VERSION = 2  # bump when decoding changes what a cached image holds
 COPY_ROWS = 4096  # rows copied per step when reducing channels
 
 
+def _new_mapped(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new uint8 file of `shape` at `path`, mapped for writing. Its space is reserved now:
+    writing a memory map onto a full disk kills the process (SIGBUS) instead of raising."""
+    size = int(np.prod(shape))
+    with open(path, "wb") as f:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(f.fileno(), 0, size)
+        else:
+            f.truncate(size)
+    return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
+
+
 def default_cache_dir() -> Path:
     """$SIMCLR_CACHE, else ~/.cache/simclr."""
     env = os.environ.get("SIMCLR_CACHE")
@@ -144,17 +156,10 @@ class Slot:
                 pass
             if state is None:
                 progress.unlink(missing_ok=True)
-                with open(partial, "wb") as f:
-                    if hasattr(os, "posix_fallocate"):  # see allocate
-                        os.posix_fallocate(f.fileno(), 0, int(np.prod(shape)))
-                    else:
-                        f.truncate(int(np.prod(shape)))
+                return _new_mapped(partial, shape), None
             return np.memmap(partial, dtype=np.uint8, mode="r+", shape=shape), state
         except OSError as e:
-            log.warning("cannot write the image cache in %s (%s); decoding into memory "
-                        "only, so the next run decodes again", self.folder, e.strerror or e)
-            self.folder = None
-            return np.empty(shape, dtype=np.uint8), None
+            return self._uncached(e, shape), None
 
     def save_progress(self, images: np.ndarray, state: dict[str, Any]) -> None:
         """Record how far a `resumable` build got: the rows written so far are flushed first,
@@ -173,16 +178,16 @@ class Slot:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self._tmp.append(tmp)
-                with open(tmp, "wb") as f:
-                    # Reserve the space now: writing a memory map onto a full disk kills
-                    # the process (SIGBUS) instead of raising.
-                    if hasattr(os, "posix_fallocate"):
-                        os.posix_fallocate(f.fileno(), 0, int(np.prod(shape)))
-                return np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
+                return _new_mapped(tmp, shape)
             except OSError as e:
-                log.warning("cannot write the image cache in %s (%s); decoding into memory "
-                            "only, so the next run decodes again", self.folder, e.strerror or e)
-                self.folder = None
+                return self._uncached(e, shape)
+        return np.empty(shape, dtype=np.uint8)
+
+    def _uncached(self, e: OSError, shape: tuple[int, ...]) -> np.ndarray:
+        """Caching off from here on (the folder cannot take the file): memory instead."""
+        log.warning("cannot write the image cache in %s (%s); decoding into memory "
+                    "only, so the next run decodes again", self.folder, e.strerror or e)
+        self.folder = None
         return np.empty(shape, dtype=np.uint8)
 
     def write(self, built: Built) -> Cached:

@@ -27,15 +27,11 @@ DEVICE_SHARE = 0.25
 DEPTH = 3  # batches read ahead of the step
 
 
-def nbytes(images: torch.Tensor | Rows) -> int:
-    return int(images.nbytes)
-
-
 def place(images: torch.Tensor | Rows, device: torch.device, setting: str) -> torch.Tensor | Rows:
     """The images where training reads them (`data.device_resident`), with a log line saying
     where and why. "true" on the CPU reads the whole set into memory."""
     setting = str(setting).lower()
-    size = nbytes(images)
+    size = int(images.nbytes)
     if setting == "auto":
         if device.type != "cuda":  # host memory is the device's: the page cache serves the map
             log.info("data: %.2f GiB read from host memory per batch (device %s)", size / 2**30, device.type)

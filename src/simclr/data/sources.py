@@ -66,7 +66,7 @@ def load_images(
     image files are skipped and listed in `ImageData.skipped`; with `strict` the first one is
     a UserError. So is a source with no usable image.
     """
-    source, split = _split_suffix(source, split)
+    source, split = split_suffix(source, split)
     if channels not in (None, 1, 3):
         raise UserError(f"channels must be 1 or 3, got {channels}")
     if source == "digits":
@@ -123,7 +123,7 @@ def _base_name(path: Path) -> str:
     return name
 
 
-def _split_suffix(source: str, split: str | None) -> tuple[str, str | None]:
+def split_suffix(source: str, split: str | None) -> tuple[str, str | None]:
     """`name:split` → (name, split), unless `source` is itself an existing path."""
     base, sep, suffix = source.rpartition(":")
     if sep and suffix in SPLITS and base and not Path(source).exists():
