@@ -36,7 +36,8 @@ VIDEO = ["video.encoder=small_cnn_w0.5", "video.frames=16", "video.clip_frames=4
 # Digits are not mirror-symmetric (no flips); a crop under 20% of a 32 px frame often misses
 # the ~14 px digit. Short-run settings as in quality.py (paper appendix B.1).
 RECIPE = ["batch_size=64", "augment.flip_prob=0", "augment.min_scale=0.2", "optim.lr_scaling=sqrt",
-          "optim.lr=0.075", "temperature=0.5", "data.test_fraction=0.3"]
+          "optim.lr=0.075", "temperature=0.5", "data.test_fraction=0.3",
+          "data.pretrain_on=train"]
 
 
 def render(mnist: str, out: Path, per_class: int, frames: int, canvas: int, fps: float, seed: int) -> int:
@@ -92,9 +93,8 @@ def main() -> None:
         step_s, steps_per_epoch = seconds_per_step(out, overrides)
         epochs = max(1, int(args.budget_min * 60 / (step_s * steps_per_epoch)))
         print(f"{step_s:.2f} s/step × {steps_per_epoch} steps/epoch → {epochs} epochs", flush=True)
-    warmup = max(0.5, round(epochs / 10, 1))  # the paper's 10 of 100 epochs, kept in proportion
     command = [sys.executable, "-m", "simclr", "train", "--data", str(out), "--epochs", str(epochs),
-               "--out", args.run, *overrides, f"optim.warmup_epochs={warmup}", "eval_finetune=false",
+               "--out", args.run, *overrides, "eval_finetune=false",
                "eval_every=0", "report=false"]
     start = time.perf_counter()
     subprocess.run(command, check=True)

@@ -101,10 +101,9 @@ def main() -> None:
         step_s, per_epoch = seconds_per_step(overrides, train)
         epochs = max(1, int(args.budget_min * 60 * args.pretrain_share / (step_s * per_epoch)))
         print(f"{step_s:.2f} s/step × {per_epoch} steps/epoch → {epochs} epochs", flush=True)
-    warmup = max(0.5, round(epochs / 10, 1))
     test = ["--eval-data", str(case["test"])] if case["test"] else []
     command = [sys.executable, "-m", "simclr", "train", "--data", str(train), *test,
-               "--epochs", str(epochs), "--out", out, *overrides, f"optim.warmup_epochs={warmup}"]
+               "--epochs", str(epochs), "--out", out, *overrides]
     subprocess.run(command, check=True)
     wall = time.perf_counter() - began
     evaluation = json.loads((Path(out) / "eval.json").read_text())

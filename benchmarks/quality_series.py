@@ -75,8 +75,7 @@ def main() -> None:
         overrides = [*SETTINGS, *args.overrides, f"data.source={folder}"]
         step_s, steps_per_epoch = seconds_per_step(overrides)
         epochs = max(5, min(args.max_epochs, int(args.budget_s / (step_s * steps_per_epoch))))
-        warmup = round(max(1.0, epochs / 10), 1)  # the paper's 10 of 100 epochs, in proportion
-        cfg = load_config(None, [*overrides, f"epochs={epochs}", f"optim.warmup_epochs={warmup}",
+        cfg = load_config(None, [*overrides, f"epochs={epochs}",
                                  f"out={Path(args.out) / name}"])
         print(f"{name}: {step_s:.3f} s/step × {steps_per_epoch} steps/epoch → {epochs} epochs", flush=True)
         start = time.perf_counter()

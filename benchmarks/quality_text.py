@@ -68,8 +68,7 @@ def main() -> None:
             print(f"{name}: skipped, {source} is absent")
             continue
         out = Path(args.out) / name
-        cfg = load_config(None, [*SETTINGS, *CASES[name], *args.overrides, f"epochs={args.epochs}", f"out={out}",
-                                 f"optim.warmup_epochs={max(0.5, args.epochs / 10)}"])
+        cfg = load_config(None, [*SETTINGS, *CASES[name], *args.overrides, f"epochs={args.epochs}", f"out={out}"])
         start = time.perf_counter()
         _, evaluation = train(cfg)
         wall = time.perf_counter() - start

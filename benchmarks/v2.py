@@ -27,7 +27,8 @@ from simclr import load_images
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
 # quality.py's short-run settings: sqrt learning-rate scaling (SimCLR appendix B.1), τ = 0.5.
 PRETRAIN = ["model.encoder=small_cnn", "batch_size=128", "augment.flip_prob=0", "optim.lr_scaling=sqrt",
-            "optim.lr=0.075", "temperature=0.5", "report=false", "eval_every=0", "threads=2"]
+            "optim.lr=0.075", "temperature=0.5", "report=false", "eval_every=0", "threads=2",
+            "augment.min_scale=0.08", "data.pretrain_on=train"]
 FRACTIONS = (0.01, 0.1)
 
 
@@ -70,8 +71,7 @@ def main() -> None:
     for version in (1, 2):
         run = out / f"head-v{version}"
         wall = simclr("train", "--data", str(pool), "--eval-data", str(test), "--epochs", str(args.epochs),
-                      "--out", str(run), *PRETRAIN, f"model.head_version={version}",
-                      f"optim.warmup_epochs={max(1, args.epochs // 10)}", "eval_finetune_from=[h,head1]")
+                      "--out", str(run), *PRETRAIN, f"model.head_version={version}", "eval_finetune_from=[h,head1]")
         row: dict[str, object] = {"pretrain_wall_s": round(wall), **json.loads((run / "eval.json").read_text())}
         for fraction in FRACTIONS:
             name = f"distill-{fraction * 100:g}pct"

@@ -18,19 +18,20 @@ def write(path: Path, text: str) -> Path:
 def test_defaults_load() -> None:
     cfg = load_config()
     assert cfg == Config()
-    assert (cfg.temperature, cfg.batch_size, cfg.model.encoder, cfg.data.source) == (0.5, 256, "small_cnn", "digits")
-    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.lr_scaling) == ("lars", 0.3, "linear")
+    assert (cfg.temperature, cfg.batch_size, cfg.model.encoder, cfg.data.source) == (0.2, None, "small_cnn", "digits")
+    # left to the data and the modality (simclr.schedule), chosen when a run starts
+    assert (cfg.epochs, cfg.optim.name, cfg.optim.lr, cfg.optim.lr_scaling) == (None, "auto", None, "auto")
     assert cfg.augment.recipe == "auto" and cfg.augment.color_jitter_strength is None
 
 
 def test_yaml_then_overrides_in_order(tmp_path: Path) -> None:
-    recipe = write(tmp_path / "r.yaml", "epochs: 5\ntemperature: 0.2\nmodel:\n  encoder: resnet18\n")
+    recipe = write(tmp_path / "r.yaml", "epochs: 5\ntemperature: 0.3\nmodel:\n  encoder: resnet18\n")
     cfg = load_config(recipe, ["epochs=7", "optim.lr=0.075", "optim.lr_scaling=sqrt"])
     assert cfg.epochs == 7  # the override wins over the file
-    assert cfg.temperature == 0.2  # the file wins over the default
+    assert cfg.temperature == 0.3  # the file wins over the default
     assert cfg.model.encoder == "resnet18"
     assert (cfg.optim.lr, cfg.optim.lr_scaling) == (0.075, "sqrt")
-    assert cfg.batch_size == 256  # untouched default
+    assert cfg.batch_size is None  # untouched default: sized to the data
     assert load_config(None, ["epochs=3", "epochs=4"]).epochs == 4  # later overrides win
 
 
@@ -128,13 +129,13 @@ def non_default_config() -> Config:
         "epochs=3", "batch_size=32", "temperature=0.1", "seed=7", "out=/tmp/run",
         "model.encoder=resnet18", "model.head_version=2", "model.cifar_stem=true",
         "augment.recipe=cifar", "augment.color_jitter_strength=0.4", "augment.blur_prob=0.1",
-        "optim.name=sgd", "optim.warmup_epochs=0.5", "data.channels=3", "data.image_size=32",
+        "optim.name=sgd", "optim.warmup_steps=5", "data.channels=3", "data.image_size=32",
     ])
 
 
 def test_saved_config_reloads_equal(tmp_path: Path) -> None:
     for cfg in (Config(), non_default_config()):
-        save_config(cfg, tmp_path / "config.yaml")
+        save_config(cfg, tmp_path / "config.yaml", comment="why\nand why not")  # comments are skipped
         assert load_config(tmp_path / "config.yaml") == cfg
 
 

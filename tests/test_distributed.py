@@ -124,7 +124,8 @@ def test_training_step_two_ranks_equal_one_process(tmp_path: Path, bf16: bool, r
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
 needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed beside this Python")
 # device=cpu: gloo, also on a machine with GPUs (two ranks cannot share one GPU under nccl)
-FAST = ["--batch-size", "128", "device=cpu", "threads=1", "log_every=1", "eval_finetune=false", "report=false"]
+FAST = ["--batch-size", "128", "data.pretrain_on=train", "device=cpu", "threads=1", "log_every=1",
+        "eval_finetune=false", "report=false"]
 
 
 def torchrun(*args: str, extra: tuple[str, ...] = ()) -> list[str]:

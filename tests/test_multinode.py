@@ -43,7 +43,7 @@ pytestmark = [
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
 # digits: 898 training images, 7 steps of 128 per epoch; device=cpu: gloo, also on a GPU machine.
-TRAIN = ["--epochs", "2", "--batch-size", "128", "device=cpu", "threads=1", "log_every=1",
+TRAIN = ["--epochs", "2", "--batch-size", "128", "data.pretrain_on=train", "device=cpu", "threads=1", "log_every=1",
          "checkpoint_every=0", "eval_every=0", "eval_finetune=false", "report=false"]
 TOTAL_STEPS = 14
 # LOGLEVEL=INFO: torchrun prints its rendezvous result (group_rank=..., the node rank).

@@ -23,7 +23,8 @@ from simclr.export import export_encoder
 from simclr.model import build_model
 
 # Small, deterministic: one thread, 14 steps per epoch on digits' 898 training images.
-FAST = ["--batch-size", "64", "threads=1", "log_every=1", "checkpoint_every=1", "eval_finetune=false", "report=false"]
+FAST = ["--batch-size", "64", "data.pretrain_on=train", "threads=1", "log_every=1", "checkpoint_every=1",
+        "eval_finetune=false", "report=false"]
 
 
 def simclr(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -71,7 +72,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
 def test_sigint_checkpoints_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "simclr", "train", "--epochs", "3", "--out", str(run),
-                             "--batch-size", "64", "threads=1", "log_every=1", "checkpoint_every=0",
+                             "--batch-size", "64", "data.pretrain_on=train", "threads=1", "log_every=1",
+                             "checkpoint_every=0",
                              "eval_finetune=false", "report=false"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
@@ -171,7 +173,7 @@ def test_broken_checkpoint_is_one_line_error(tmp_path: Path, content: bytes) -> 
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = simclr("train", "--epochs", "1", "--out", str(run), "--batch-size", "64", "checkpoint_every=1",
-                    "optim.name=sgd", "optim.lr=1e30", "optim.warmup_epochs=0", "report=false")
+                    "optim.name=sgd", "optim.lr=1e30", "optim.warmup_steps=0", "report=false")
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the loss was not finite at step") and "Traceback" not in result.stderr

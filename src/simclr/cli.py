@@ -107,6 +107,18 @@ def cmd_train(args: argparse.Namespace) -> None:
         log.info("no labels in the data: evaluation needs a labelled set")
     else:
         log.info("held-out evaluation (%s):\n%s", out / "eval.json", format_table(results))
+        warn_if_beaten(results, out)
+
+
+def warn_if_beaten(results: dict[str, dict[str, float]], run_dir: Path) -> None:
+    """The last line says so when a baseline beats SimCLR (simclr.metrics.verdict)."""
+    from simclr.config import load_config
+    from simclr.metrics import verdict
+
+    config = run_dir / "config.yaml"
+    line = verdict(results, load_config(config).data.pretrain_on if config.is_file() else None)
+    if line:
+        log.warning("%s", line)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -119,6 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     train_data, test_data = run.datasets(cfg, args.data, args.eval_data)
     results = run.modality.evaluate(run, cfg, train_data, test_data, resolve_device(cfg.device))
     log.info("evaluation (%s):\n%s", run.dir / "eval.json", format_table(results))
+    warn_if_beaten(results, run.dir)
 
 
 def cmd_embed(args: argparse.Namespace) -> None:

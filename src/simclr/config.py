@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from simclr import modality
 from simclr.errors import UserError
+from simclr.schedule import parse_duration
 
 
 @dataclass
@@ -46,15 +47,18 @@ class DataConfig:
     # What SimCLR pretrains on: "train", the training part only; "all", the held-out inputs too,
     # without their labels (the transductive protocol of the UCR/UEA literature: pretrain on
     # TRAIN+TEST, probe with TRAIN labels, score on TEST). Labels are never used to pretrain.
-    pretrain_on: str = "train"
+    # auto: "all" for series and text (their literature's protocol) and for a set of at most
+    # 2,000 samples split in halves (simclr.schedule.pretrain_on); "train" otherwise.
+    pretrain_on: str = "auto"
 
 
 @dataclass
 class AugmentConfig:
-    # "imagenet": the paper's recipe (colour strength 1.0, blur p=0.5); "cifar": strength 0.5,
-    # no blur; "auto": cifar for images of 64 px or less, else imagenet.
+    # "imagenet": the paper's recipe (colour strength 1.0, blur p=0.5, crops of 8-100 % of the
+    # area); "cifar": strength 0.5, no blur, crops of 20-100 %; "auto": cifar for images of 64 px
+    # or less, else imagenet. On one channel the jitter is brightness and contrast only.
     recipe: str = "auto"
-    min_scale: float = 0.08  # crop area fraction ~ U(min_scale, 1)
+    min_scale: float | None = None  # crop area fraction ~ U(min_scale, 1); None: from the recipe
     flip_prob: float = 0.5
     color_jitter_strength: float | None = None  # None: from the recipe
     color_jitter_prob: float = 0.8
@@ -72,12 +76,17 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "lars"  # lars, sgd, adamw
-    lr: float = 0.3  # base learning rate, scaled by the batch size (see lr_scaling)
-    lr_scaling: str = "linear"  # linear: lr*batch/256; sqrt: lr*sqrt(batch); none
-    weight_decay: float = 1e-6
+    # lars, sgd, adamw; auto: the modality's (LARS, as the paper; AdamW for text Transformers).
+    # The None and auto below come from the optimizer (simclr.schedule.OPTIMIZER_DEFAULTS):
+    # LARS and SGD 0.075 × sqrt(batch), weight decay 1e-6 (the paper's appendix B.1 rule for
+    # small batches; 4.8 at batch 4096 as linear scaling gives); AdamW 1e-3, weight decay 0.01.
+    name: str = "auto"
+    lr: float | None = None  # base learning rate, scaled by the batch size (see lr_scaling)
+    lr_scaling: str = "auto"  # linear: lr*batch/256; sqrt: lr*sqrt(batch); none
+    weight_decay: float | None = None
     momentum: float = 0.9
-    warmup_epochs: float = 10.0
+    # Linear warm-up; None: the paper's 10 epochs, at most a tenth of the run.
+    warmup_steps: int | None = None
 
 
 @dataclass
@@ -102,9 +111,15 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    epochs: int = 100
-    batch_size: int = 256
-    temperature: float = 0.5
+    # None: sized to the data (simclr.schedule): at least 100 epochs and 2,000 steps, or what
+    # fits in `time_budget`.
+    epochs: int | None = None
+    # The global batch; None: 256, or a power of two of at most 1/8 of a smaller set.
+    batch_size: int | None = None
+    # Train for about this long ("10m", "1h30m"): the epochs that fit at the step time measured
+    # on this machine before the run starts (needs epochs unset).
+    time_budget: str | None = None
+    temperature: float = 0.2  # the paper's range is 0.1-1; 0.2 measured best at small batches
     seed: int = 0
     device: str = "auto"  # auto: cuda when available, else cpu
     out: str | None = None  # run directory; None: runs/<data>-<time>
@@ -185,13 +200,21 @@ def _validate(cfg: Config) -> None:
     from simclr.model import ENCODERS  # the registry is the one list of valid names
 
     check(cfg.temperature > 0, f"temperature must be positive, got {cfg.temperature}")
-    check(cfg.batch_size >= 2, f"batch_size must be at least 2, got {cfg.batch_size}")
+    check(cfg.batch_size is None or cfg.batch_size >= 2, f"batch_size must be at least 2, got {cfg.batch_size}")
     check(cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     check(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
     check(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")
-    check(cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}")
-    check(cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}")
-    check(0 < cfg.augment.min_scale <= 1, f"augment.min_scale must be in (0, 1], got {cfg.augment.min_scale}")
+    check(cfg.epochs is None or cfg.epochs >= 1, f"epochs must be at least 1, got {cfg.epochs}")
+    check(cfg.epochs is None or cfg.time_budget is None,
+          f"give epochs ({cfg.epochs}) or a time budget ({cfg.time_budget}), not both")
+    if cfg.time_budget is not None:
+        parse_duration(cfg.time_budget)
+    o = cfg.optim
+    check(o.lr is None or o.lr > 0, f"optim.lr must be positive, got {o.lr}")
+    check(o.weight_decay is None or o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    check(o.warmup_steps is None or o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    scale = cfg.augment.min_scale
+    check(scale is None or 0 < scale <= 1, f"augment.min_scale must be in (0, 1], got {scale}")
     fraction = cfg.data.test_fraction
     check(fraction is None or 0 < fraction < 1, f"data.test_fraction must be in (0, 1), got {fraction}")
     check_choice("data.device_resident", str(cfg.data.device_resident).lower(), ("auto", "true", "false"))
@@ -200,13 +223,13 @@ def _validate(cfg: Config) -> None:
     check_choice("model.encoder", cfg.model.encoder, tuple(sorted(ENCODERS)))
     check_choice("augment.recipe", cfg.augment.recipe, ("auto", "imagenet", "cifar"))
     check_choice("model.head_version", cfg.model.head_version, (1, 2))
-    check_choice("optim.name", cfg.optim.name, ("lars", "sgd", "adamw"))
-    check_choice("optim.lr_scaling", cfg.optim.lr_scaling, ("linear", "sqrt", "none"))
+    check_choice("optim.name", cfg.optim.name, ("auto", "lars", "sgd", "adamw"))
+    check_choice("optim.lr_scaling", cfg.optim.lr_scaling, ("auto", "linear", "sqrt", "none"))
     check_choice("data.channels", cfg.data.channels, (None, 1, 3))
     check_choice("device", cfg.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
     check_choice("precision", cfg.precision, ("auto", "bf16", "fp32"))
     check_choice("data.modality", cfg.data.modality, ("auto", *modality.names()))
-    check_choice("data.pretrain_on", cfg.data.pretrain_on, ("train", "all"))
+    check_choice("data.pretrain_on", cfg.data.pretrain_on, ("auto", "train", "all"))
     check_choice("compile_mode", cfg.compile_mode,
                  ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     _validate_v2(cfg)
@@ -305,5 +328,7 @@ def from_dict(d: dict[str, Any]) -> Config:
     return cfg
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+def save_config(cfg: Config, path: Path, comment: str = "") -> None:
+    """The config as YAML; `comment` (e.g. why the schedule is what it is) heads it as comments."""
+    header = "".join(f"# {line}\n" for line in comment.splitlines())
+    path.write_text(header + OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -138,6 +138,8 @@ class SingleEncoder:
     config: type | None = None  # its config section's dataclass, if it has one
     bf16_on_cpu = False
     evaluates_unlabelled = False
+    pretrain_default = "small"
+    optimizer = "lars"
     distills = False
     export_formats: tuple[str, ...] = ("safetensors",)
 

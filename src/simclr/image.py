@@ -22,15 +22,16 @@ if TYPE_CHECKING:
 
 
 def build_augment(cfg: AugmentConfig, image_size: int, compiled: bool = False) -> ImageAugment:
-    """The paper's recipe, or its CIFAR variant (colour strength 0.5, no blur) for small images;
-    `compiled`: the crop, jitter and blur fused by torch.compile (the run's `compile=true`)."""
+    """The paper's recipe, or its CIFAR variant for small images (colour strength 0.5, no blur,
+    crops of at least 20 % of the area: on 32 px, 8 % is a 9-pixel square); `compiled`: the
+    crop, jitter and blur fused by torch.compile (the run's `compile=true`)."""
     recipe = cfg.recipe
     if recipe == "auto":
         recipe = "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
-    strength, blur = (0.5, 0.0) if recipe == "cifar" else (1.0, 0.5)
+    strength, blur, min_scale = (0.5, 0.0, 0.2) if recipe == "cifar" else (1.0, 0.5, 0.08)
     return ImageAugment(
         size=image_size,
-        min_scale=cfg.min_scale,
+        min_scale=min_scale if cfg.min_scale is None else cfg.min_scale,
         flip_prob=cfg.flip_prob,
         color_jitter_strength=strength if cfg.color_jitter_strength is None else cfg.color_jitter_strength,
         color_jitter_prob=cfg.color_jitter_prob,

@@ -78,3 +78,26 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
         )
         lines.append(f"{name:<12}" + "".join(cells))
     return "\n".join(lines)
+
+
+HEADLINE = ("linear", "knn", "few_shot_5")  # the metrics a baseline is held to in `verdict`
+
+
+def verdict(results: dict[str, dict[str, float]], pretrain_on: str | None = None) -> str | None:
+    """One line when a baseline (raw inputs, random init; not the supervised reference) beats
+    SimCLR on a headline metric: which, by how much, and the most useful next step. None when
+    SimCLR is at least as good everywhere."""
+    ours = results.get("simclr", {})
+    lost = []
+    for name, row in results.items():
+        if name in ("simclr", "supervised"):
+            continue
+        for m in HEADLINE:
+            a, b = ours.get(m), row.get(m)
+            if a is not None and b is not None and not (math.isnan(a) or math.isnan(b)) and b > a:
+                lost.append(f"{name} beats SimCLR on {m} ({b:.3f} vs {a:.3f})")
+    if not lost:
+        return None
+    step = ("pretrain on the held-out inputs too (data.pretrain_on=all; their labels stay unused), "
+            "then add unlabelled data" if pretrain_on == "train" else "add unlabelled data")
+    return f"{'; '.join(lost)}. Next: {step}, or train longer (--epochs, --time) with another recipe (docs/defaults.md)"

@@ -74,6 +74,11 @@ class Modality(Protocol):
     bf16_on_cpu: bool  # whether precision=auto autocasts it on CPUs with native bf16
     evaluates_unlabelled: bool  # whether held-out data without labels is still evaluated
     distills: bool  # whether `simclr distill` applies
+    # What `data.pretrain_on=auto` chooses (simclr.schedule.pretrain_on): "all" pretrains on the
+    # held-out inputs too, without their labels (its literature's protocol: UCR/UEA series,
+    # sentence embeddings); "small" does so for small sets only; "train" never.
+    pretrain_default: str
+    optimizer: str  # what `optim.name=auto` picks: lars, or adamw (Transformers from scratch)
 
     def validate(self, cfg: Config) -> None: ...
     def claims(self, path: Path) -> bool: ...

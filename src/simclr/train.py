@@ -9,9 +9,11 @@ sees the negatives of all ranks, BatchNorm is synchronized, and rank 0 writes ev
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,9 @@ from simclr.loss import nt_xent
 from simclr.metrics import MetricsLogger
 from simclr.modality import Augment, Modality, Objective, resolve, trainer_of
 from simclr.model import SimCLR, build_model
-from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from simclr.optim import build_optimizer, lr_at, set_lr
 from simclr.report import build_report
+from simclr.schedule import Schedule, optimizer_settings, parse_duration, plan, pretrain_on
 from simclr.signals import SignalGuard
 
 log = logging.getLogger("simclr")
@@ -83,10 +86,7 @@ class Training:
     net: nn.Module  # what the loop calls: `model`, or its DistributedDataParallel wrapper
     augment: Augment
     optimizer: torch.optim.Optimizer
-    peak_lr: float
-    total_steps: int
-    warmup_steps: int
-    steps_per_epoch: int
+    schedule: Schedule  # batch, epochs, warm-up and learning rate (the config's, or sized to the data)
     local_batch: int  # this rank's share of the global batch
     channels_last: bool  # NHWC inputs and weights (image encoders)
     bf16: bool  # forward passes under bfloat16 autocast
@@ -95,24 +95,28 @@ class Training:
 
 
 def setup(cfg: Config) -> Training:
+    """The run, built once; the settings the config leaves to the data (auto, None) chosen in
+    `run.cfg`, which is what config.yaml and the checkpoints record."""
     dist.init_from_env(cfg.dist_timeout_s, cfg.device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     world = dist.world_size()
-    if cfg.batch_size % world:
+    if cfg.batch_size and cfg.batch_size % world:
         raise UserError(f"batch_size {cfg.batch_size} (the global batch) must divide by the {world} ranks")
     modality = resolve(cfg)  # once: detection reads the file system
     train_data, test_data = load_datasets(cfg, modality)  # before the run directory: bad --data leaves nothing
+    labelled = len(train_data) + (len(test_data) if test_data is not None else 0)
+    cfg = replace(cfg, data=replace(cfg.data, pretrain_on=pretrain_on(
+        cfg.data.pretrain_on, modality.pretrain_default, labelled, split_from_source=not cfg.data.eval_source)),
+        optim=optimizer_settings(cfg.optim, modality.optimizer))
     inputs = train_data.inputs
     if cfg.data.pretrain_on == "all" and test_data is not None:  # held-out inputs, never their labels
         inputs = concat(inputs, test_data.inputs)
+    schedule = plan(cfg, len(inputs), world)  # before the run directory: too few inputs leaves nothing
+    cfg = replace(cfg, batch_size=schedule.batch_size)
     out = make_run_dir(cfg)
-    if len(inputs) < cfg.batch_size:
-        raise UserError(
-            f"{len(inputs)} training inputs is fewer than one batch ({cfg.batch_size}); lower batch_size or add data"
-        )
     shape = input_shape_of(train_data)
     own = trainer_of(modality)  # paired data brings its own network and loss
     if own is not None:
@@ -130,8 +134,9 @@ def setup(cfg: Config) -> Training:
             model = to_global_batchnorm(model, cuda=device.type == "cuda")  # type: ignore[assignment]
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     check_free_space(out, model, cfg.keep_checkpoints)
-    peak_lr = scaled_lr(cfg.optim.lr, cfg.batch_size, cfg.optim.lr_scaling)  # scaled by the global batch
-    optimizer = build_optimizer(model, cfg.optim.name, peak_lr, cfg.optim.weight_decay, cfg.optim.momentum)
+    o = cfg.optim
+    assert o.weight_decay is not None  # optimizer_settings chose it
+    optimizer = build_optimizer(model, o.name, schedule.peak_lr, o.weight_decay, o.momentum)
     augment = modality.build_augment(cfg, shape)
     compiled = None
     if cfg.compile and own is None and type(augment) is ImageAugment and len(shape) == 3:
@@ -139,14 +144,10 @@ def setup(cfg: Config) -> Training:
                                 fullgraph=world == 1)
     elif cfg.compile:  # `model` stays the plain module: checkpoints and evaluation use it
         net = torch.compile(net, mode=cfg.compile_mode)  # type: ignore[assignment]
-    steps_per_epoch = len(inputs) // cfg.batch_size  # drop the last partial batch
     return Training(
-        cfg, out, device, modality, train_data, test_data, inputs, model, net,
-        augment, optimizer, peak_lr,
-        total_steps=steps_per_epoch * cfg.epochs,
-        warmup_steps=round(steps_per_epoch * cfg.optim.warmup_epochs),
-        steps_per_epoch=steps_per_epoch,
-        local_batch=cfg.batch_size // world,
+        replace(cfg, epochs=schedule.epochs), out, device, modality, train_data, test_data, inputs, model, net,
+        augment, optimizer, schedule,
+        local_batch=schedule.batch_size // world,
         channels_last=channels_last,
         bf16=bf16,
         objective=own.objective(cfg, model, train_data, device) if own is not None else None,
@@ -157,6 +158,50 @@ def setup(cfg: Config) -> Training:
 def nhwc(cfg: Config, input_shape: list[int]) -> bool:
     """channels_last applies to image encoders: inputs (C, H, W), 4-D weights."""
     return cfg.channels_last and len(input_shape) == 3
+
+
+def sized_to_budget(run: Training, images: torch.Tensor | Rows) -> Training:
+    """With `time_budget`: the epochs that fit in it, at the step time of real steps of this run
+    on this machine (timed after one untimed step, which takes any compilation, and the time it
+    took counted against the budget); the weights and optimizer state are put back after."""
+    cfg = run.cfg
+    budget_s = parse_duration(cfg.time_budget)  # type: ignore[arg-type]  # only called with a budget
+    start = begin = time.perf_counter()
+    weights, optimizer = copy.deepcopy(run.model.state_dict()), copy.deepcopy(run.optimizer.state_dict())
+    gen = torch.Generator(device=run.device).manual_seed(cfg.seed)
+    pick = torch.Generator().manual_seed(cfg.seed)
+    set_lr(run.optimizer, run.schedule.peak_lr)
+    batches = [torch.randperm(len(images), generator=pick)[: run.local_batch] for _ in range(TIMED_STEPS + 1)]
+    with Prefetcher(images, batches, run.device) as feed:
+        for i, (rows, x) in enumerate(feed):
+            loss = step(run, rows, x, gen)
+            if i == 0:  # the untimed first step: compilation, allocator, cuDNN's choices
+                float(loss)
+                begin = time.perf_counter()
+    float(loss)  # waits for the device
+    seconds = dist.broadcast_object((time.perf_counter() - begin) / TIMED_STEPS)  # rank 0's measure for all
+    run.model.load_state_dict(weights)
+    run.optimizer.load_state_dict(optimizer)
+    left = budget_s - (time.perf_counter() - start)
+    schedule = plan(replace(cfg, epochs=None), len(images), dist.world_size(), seconds * LOOP_OVERHEAD, left)
+    return replace(run, cfg=replace(cfg, epochs=schedule.epochs, time_budget=None), schedule=schedule)
+
+
+# Steps timed for a time budget, and what the loop adds to them (metrics, the kNN monitor,
+# checkpoints: measured on the 1,000-image sets of benchmarks/defaults.py).
+TIMED_STEPS, LOOP_OVERHEAD = 5, 1.1
+
+
+def step(run: Training, rows: torch.Tensor, x: torch.Tensor, aug_gen: torch.Generator) -> torch.Tensor:
+    """One optimizer step on this rank's batch `x` (rows `rows` of the training inputs); the loss."""
+    if run.objective is not None:  # the modality's own views and loss (paired data)
+        return update(run.optimizer, run.objective(run.net, x, rows, aug_gen))
+    if run.compiled is not None:  # the same views, forward, loss and update, compiled
+        return run.compiled(x, aug_gen)
+    x1, x2 = two_views(run.augment, x, aug_gen)  # (n, ...) each, per-sample randomness
+    if run.channels_last:
+        x1, x2 = (v.contiguous(memory_format=torch.channels_last) for v in (x1, x2))
+    return train_step(run.net, run.optimizer, x1, x2, run.cfg.temperature, run.bf16)
 
 
 def train_step(
@@ -204,29 +249,22 @@ def train_one_epoch(
     run.net.train()
     order_gen.set_state(progress.epoch_order_state)  # type: ignore[arg-type]
     order = torch.randperm(len(images), generator=order_gen)
-    logger.set_epoch(progress.epoch + 1, cfg.epochs)
+    s = run.schedule
+    logger.set_epoch(progress.epoch + 1, s.epochs)
     rank_start = dist.rank() * run.local_batch
-    batches = [order[b * cfg.batch_size + rank_start :][: run.local_batch]
-               for b in range(progress.batch, run.steps_per_epoch)]
+    batches = [order[b * s.batch_size + rank_start :][: run.local_batch]
+               for b in range(progress.batch, s.steps_per_epoch)]
     finite = Finite(run.device, progress.step)
     with Prefetcher(images, batches, run.device) as feed:
         for rows, x in feed:
-            lr = lr_at(progress.step, run.total_steps, run.warmup_steps, run.peak_lr)
+            lr = lr_at(progress.step, s.total_steps, s.warmup_steps, s.peak_lr)
             set_lr(run.optimizer, lr)
-            if run.objective is not None:  # the modality's own views and loss (paired data)
-                loss = update(run.optimizer, run.objective(run.net, x, rows, aug_gen))
-            elif run.compiled is not None:  # the same views, forward, loss and update, compiled
-                loss = run.compiled(x, aug_gen)
-            else:
-                x1, x2 = two_views(run.augment, x, aug_gen)  # (n, ...) each, per-sample randomness
-                if run.channels_last:
-                    x1, x2 = (v.contiguous(memory_format=torch.channels_last) for v in (x1, x2))
-                loss = train_step(run.net, run.optimizer, x1, x2, cfg.temperature, run.bf16)
+            loss = step(run, rows, x, aug_gen)
             finite.add(loss)
             progress.step += 1
             progress.batch += 1
-            end_of_epoch = progress.batch == run.steps_per_epoch
-            logger.count(cfg.batch_size)
+            end_of_epoch = progress.batch == s.steps_per_epoch
+            logger.count(s.batch_size)
             if logger.due(progress.step, end_of_epoch):
                 finite.check(progress.step)
                 values = {"loss": dist.mean(loss).item(), "lr": lr}
@@ -272,7 +310,7 @@ def monitor_due(run: Training, epoch: int) -> bool:
     """kNN accuracy on the held-out set every `eval_every` epochs and at the end (all ranks
     encode their share of the images)."""
     every = run.cfg.eval_every
-    return labelled(run) and every > 0 and (epoch % every == 0 or epoch == run.cfg.epochs)
+    return labelled(run) and every > 0 and (epoch % every == 0 or epoch == run.schedule.epochs)
 
 
 def labelled(run: Training) -> bool:
@@ -321,15 +359,19 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     run directory and the results (None without labels, and on ranks other than 0)."""
     run = setup(cfg)
     main = dist.is_main_process()
+    images = place(run.inputs, run.device, cfg.data.device_resident)  # uint8: augmentation converts
+    if cfg.time_budget is not None and resume_state is None:
+        run = sized_to_budget(run, images)
+    cfg = run.cfg  # the settings chosen for this data and machine
     if main:
-        save_config(cfg, run.out / "config.yaml")
+        log.info("%s", run.schedule.why)
+        save_config(cfg, run.out / "config.yaml", comment=run.schedule.why)
         # Both parts of a split source carry the source's list: name each file once.
         skipped = list(dict.fromkeys(run.train_data.skipped + (run.test_data.skipped if run.test_data else [])))
         (run.out / "skipped_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in skipped))
         if skipped:
             log.warning("skipped %d unreadable file(s), listed in %s", len(skipped), run.out / "skipped_files.txt")
         run.modality.save_artifacts(run.train_data, run.out)  # e.g. the tokenizer, beside the weights
-    images = place(run.inputs, run.device, cfg.data.device_resident)  # uint8: augmentation converts
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=run.device).manual_seed(cfg.seed + 1 + dist.rank())
     progress = Progress(epoch_order_state=order_gen.get_state())
@@ -338,16 +380,16 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     log.info("%s %s: %d training inputs (%s) %s, %s on %s × %d, global batch %d, step %d of %d",
              "resuming" if resume_state else "run", run.out, len(images), run.modality.name,
              tuple(images.shape[1:]), type(run.model.encoder).__name__, run.device, dist.world_size(),
-             cfg.batch_size, progress.step, run.total_steps)
+             cfg.batch_size, progress.step, run.schedule.total_steps)
     log.info("precision %s%s", "bf16 autocast (the loss and weights in float32)" if run.bf16 else "float32",
              f" (precision={cfg.precision})" if cfg.precision == "auto" else "")
     metrics = run.out / "metrics.jsonl"
     if main and resume_state is not None and not metrics.exists():  # the run directory lost it
         metrics.write_text(resume_state.get("metrics", ""))
-    logger = MetricsLogger(run.out, cfg.log_every, run.total_steps, progress.step, enabled=main)
+    logger = MetricsLogger(run.out, cfg.log_every, run.schedule.total_steps, progress.step, enabled=main)
     try:
         with SignalGuard() as guard:
-            while progress.epoch < cfg.epochs:
+            while progress.epoch < run.schedule.epochs:
                 train_one_epoch(run, progress, images, order_gen, aug_gen, logger, guard)
     except StopRequested:
         raise UserError(f"stopped at step {progress.step}; continue with: simclr train --resume {run.out}") from None

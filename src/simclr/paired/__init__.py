@@ -81,6 +81,8 @@ class PairedModality(SingleEncoder):
     name = "paired"
     config = PairedConfig
     evaluates_unlabelled = True  # held-out pairs serve retrieval without labels
+    pretrain_default = "train"  # held-out pairs score retrieval: never seen in pretraining
+    optimizer = "adamw"  # as CLIP, and as benchmarks/quality_paired.py trains it
 
     def validate(self, cfg: Config) -> None:
         validate(cfg)

@@ -54,4 +54,4 @@ def validate(cfg: Config) -> None:
     check(len(p.templates) > 0 and all("{}" in t for t in p.templates),
           "paired.templates must be a non-empty list of texts with {} for the class name")
     if cfg.data.modality == "paired":
-        check(cfg.data.pretrain_on == "train", "data.pretrain_on=all does not apply to paired data")
+        check(cfg.data.pretrain_on != "all", "data.pretrain_on=all does not apply to paired data")

@@ -53,6 +53,7 @@ def raw_series_baseline(
 class SeriesModality(SingleEncoder):
     name = "series"
     config = SeriesConfig
+    pretrain_default = "all"  # the UCR/UEA protocol: pretrain on TRAIN+TEST inputs, probe with TRAIN labels
 
     def validate(self, cfg: Config) -> None:
         validate(cfg)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from simclr.errors import UserError
+from simclr.evaluate import over_draws
 from simclr.experiment import SingleEncoder
 from simclr.modality import Augment, Baseline
 from simclr.probe import stratified_split
@@ -72,14 +73,17 @@ def tfidf_baseline(
         votes = torch.zeros(len(sim), n_classes).scatter_add_(1, torch.from_numpy(ytr)[idx], torch.exp(top / 0.1))
         correct += int((votes.argmax(1).numpy() == yte[start : start + 1024]).sum())
     row["knn"] = correct / len(yte)
-    for metric, index in subsets.items():
-        row[metric] = tfidf_lr([train.texts[i] for i in index], ytr[index], test.texts, yte, seed)[0]
+    for metric, index in subsets.items():  # a (draws, m) index: the mean over its draws
+        row[metric] = over_draws(index, lambda i: tfidf_lr([train.texts[j] for j in i], ytr[i], test.texts, yte,
+                                                           seed)[0])
     return "tfidf_lr", row
 
 
 class TextModality(SingleEncoder):
     name = "text"
     config = TextConfig
+    pretrain_default = "all"  # sentence embeddings learn from every text; the probes see training labels only
+    optimizer = "adamw"  # a Transformer from scratch, as benchmarks/quality_text.py trains it
 
     def validate(self, cfg: Config) -> None:
         validate(cfg)
