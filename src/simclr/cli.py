@@ -33,8 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "data.modality=... forces the kind")
     train.add_argument("--eval-data", help="a separate labelled evaluation set (default: a held-out split of --data)")
     train.add_argument("--strict", action="store_true", help="stop at the first unreadable image, don't skip it")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--epochs", type=int, help="default: sized to the data (at least 100 epochs and 2,000 steps)")
+    train.add_argument("--time", metavar="DURATION",
+                       help="train for about this long, e.g. 10m or 1h30m: the epochs that fit at the step time "
+                       "measured on this machine (instead of --epochs)")
+    train.add_argument("--batch-size", type=int, help="the global batch; default 256, or 1/8 of a smaller set")
     train.add_argument("--seed", type=int)
     train.add_argument("--out", help="run directory (default runs/<data>-<time>); resumed if it holds a checkpoint")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
@@ -83,13 +86,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     from simclr.train import train
 
     flags = {"data.source": args.data, "data.eval_source": args.eval_data, "data.strict": args.strict or None,
-             "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
+             "epochs": args.epochs, "time_budget": args.time, "batch_size": args.batch_size, "seed": args.seed}
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     run_dir = args.resume or args.out
     state: dict[str, Any] | None = None
     if run_dir and (Path(run_dir) / CHECKPOINT).exists():
         state = load_checkpoint(Path(run_dir) / CHECKPOINT)
         saved = from_dict(state["config"])
+        if args.time:  # the run's schedule was sized when it started; a resume keeps it
+            log.info("resuming: --time %s ignored, the run keeps its %d epochs", args.time, saved.epochs)
+            overrides.remove(f"time_budget={args.time}")
         cfg = load_config(args.config, [*overrides, f"out={run_dir}"], base=saved)
         changed = changed_keys(saved, cfg, ("data", "model"))
         if changed:
