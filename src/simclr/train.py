@@ -163,11 +163,14 @@ def nhwc(cfg: Config, input_shape: list[int]) -> bool:
 def sized_to_budget(run: Training, images: torch.Tensor | Rows) -> Training:
     """With `time_budget`: the epochs that fit in it, at the step time of real steps of this run
     on this machine (timed after one untimed step, which takes any compilation, and the time it
-    took counted against the budget); the weights and optimizer state are put back after."""
+    took counted against the budget). The weights, optimizer state and torch's global generators
+    (dropout draws from them) are put back after: the run is then the run of that many epochs."""
     cfg = run.cfg
     budget_s = parse_duration(cfg.time_budget)  # type: ignore[arg-type]  # only called with a budget
     start = begin = time.perf_counter()
     weights, optimizer = copy.deepcopy(run.model.state_dict()), copy.deepcopy(run.optimizer.state_dict())
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if run.device.type == "cuda" else None
     gen = torch.Generator(device=run.device).manual_seed(cfg.seed)
     pick = torch.Generator().manual_seed(cfg.seed)
     set_lr(run.optimizer, run.schedule.peak_lr)
@@ -182,6 +185,9 @@ def sized_to_budget(run: Training, images: torch.Tensor | Rows) -> Training:
     seconds = dist.broadcast_object((time.perf_counter() - begin) / TIMED_STEPS)  # rank 0's measure for all
     run.model.load_state_dict(weights)
     run.optimizer.load_state_dict(optimizer)
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
     left = budget_s - (time.perf_counter() - start)
     schedule = plan(replace(cfg, epochs=None), len(images), dist.world_size(), seconds * LOOP_OVERHEAD, left)
     return replace(run, cfg=replace(cfg, epochs=schedule.epochs, time_budget=None), schedule=schedule)
