@@ -422,13 +422,13 @@ def test_defaults_are_the_paper_recipe() -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "strength", "blur"),
-    [(8, 0.5, 0.0), (32, 0.5, 0.0), (64, 0.5, 0.0), (65, 1.0, 0.5), (224, 1.0, 0.5)],
+    ("size", "strength", "blur", "min_scale"),
+    [(8, 0.5, 0.0, 0.2), (32, 0.5, 0.0, 0.2), (64, 0.5, 0.0, 0.2), (65, 1.0, 0.5, 0.08), (224, 1.0, 0.5, 0.08)],
 )
-def test_build_augment_auto_recipe(size: int, strength: float, blur: float) -> None:
+def test_build_augment_auto_recipe(size: int, strength: float, blur: float, min_scale: float) -> None:
     a = build_augment(AugmentConfig(), size)
     assert a.size == size
-    assert (a.color_jitter_strength, a.blur_prob) == (strength, blur)
+    assert (a.color_jitter_strength, a.blur_prob, a.min_scale) == (strength, blur, min_scale)
 
 
 def test_build_augment_explicit_recipe_and_overrides() -> None:
