@@ -63,6 +63,9 @@ def test_resolved_config_saved(run: tuple[Path, subprocess.CompletedProcess[str]
     out, _ = run
     cfg = load_config(out / "config.yaml")
     assert cfg.epochs == 1 and cfg.out == str(out) and cfg.data.source == "digits"
+    # what the defaults left to the data, chosen: 1,797 digits pretrain (both halves), 1797 / 8 → 128
+    assert (cfg.batch_size, cfg.data.pretrain_on, cfg.optim.name, cfg.optim.lr_scaling) == (128, "all", "lars", "sqrt")
+    assert (out / "config.yaml").read_text().startswith("# schedule: 14 steps = 1 epochs × 14 at global batch 128")
 
 
 def test_metrics_lines(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

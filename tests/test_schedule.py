@@ -135,7 +135,7 @@ def test_timing_for_a_budget_leaves_the_weights_and_optimizer_as_they_were(tmp_p
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics included
     assert run.optimizer.state_dict()["state"] == {}  # no momentum from the timed steps
     assert sized.cfg.time_budget is None and sized.cfg.epochs == sized.schedule.epochs >= 1
-    assert "what fits in 20s" in sized.schedule.why
+    assert "what fits in 20s" in sized.schedule.why and "≤ 1/8 of 1,797 inputs" in sized.schedule.why
 
 
 def test_a_time_budget_run_is_the_run_of_the_epochs_it_chose(tmp_path: Path) -> None:

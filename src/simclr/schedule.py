@@ -87,6 +87,7 @@ class Schedule:
     steps_per_epoch: int
     warmup_steps: int
     peak_lr: float
+    batch_why: str
     why: str
 
     @property
@@ -114,9 +115,10 @@ def optimizer_settings(o: OptimConfig, preferred: str) -> OptimConfig:
 
 
 def plan(cfg: Config, samples: int, world: int = 1, seconds_per_step: float | None = None,
-         budget_s: float | None = None) -> Schedule:
+         budget_s: float | None = None, batch_why: str | None = None) -> Schedule:
     """The run's schedule for `samples` pretraining inputs. `cfg.optim` must be resolved
-    (`optimizer_settings`); with `seconds_per_step` the epochs are what fits in `budget_s`."""
+    (`optimizer_settings`); with `seconds_per_step` the epochs are what fits in `budget_s`.
+    `batch_why`: why the batch is what it is, when `cfg.batch_size` was already chosen."""
     o = cfg.optim
     assert o.lr is not None, "resolve the optimizer's defaults first"
     batch = cfg.batch_size or default_batch(samples, world)
@@ -133,9 +135,10 @@ def plan(cfg: Config, samples: int, world: int = 1, seconds_per_step: float | No
         why = f"at least {MIN_EPOCHS} epochs and {MIN_STEPS:,} steps"
     total = epochs * steps_per_epoch
     warmup = default_warmup(steps_per_epoch, total) if o.warmup_steps is None else o.warmup_steps
-    batch_why = "as set" if cfg.batch_size else f"≤ {MAX_BATCH} and ≤ 1/{STEPS_PER_EPOCH} of {samples:,} inputs"
+    if batch_why is None:
+        batch_why = "as set" if cfg.batch_size else f"≤ {MAX_BATCH} and ≤ 1/{STEPS_PER_EPOCH} of {samples:,} inputs"
     rule = {"sqrt": f" × √{batch}", "linear": f" × {batch}/256", "none": ""}[o.lr_scaling]
     peak = scaled_lr(o.lr, batch, o.lr_scaling)
-    return Schedule(batch, epochs, steps_per_epoch, warmup, peak,
+    return Schedule(batch, epochs, steps_per_epoch, warmup, peak, batch_why,
                     f"schedule: {total:,} steps = {epochs} epochs × {steps_per_epoch} at global batch {batch} "
                     f"({batch_why}; {why}); {o.name} lr {peak:.3g} = {o.lr:g}{rule}, warm-up {warmup:,} steps")
