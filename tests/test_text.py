@@ -38,6 +38,16 @@ def test_readers(tmp_path: Path) -> None:
     assert read_texts(tmp_path / "b.csv") == (["Oil up Prices, again", "Vote Polls open"], ["3", "1"])
     (tmp_path / "c").write_text("ham\tsee you\nspam\tWIN a prize\n")  # headerless label<TAB>text
     assert read_texts(tmp_path / "c") == (["see you", "WIN a prize"], ["ham", "spam"])
+    assert detect(str(tmp_path / "c")) == "text"  # no extension: tab-separated UTF-8 text
+
+
+def test_binary_files_without_an_extension_are_not_text(tmp_path: Path) -> None:
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x02\t\n" + bytes(50))
+    (tmp_path / "latin1").write_bytes("caf\xe9\tau lait\n".encode("latin-1"))
+    (tmp_path / "notes").write_text("one line without a tab\n")
+    (tmp_path / "cut").write_bytes(("a\tb" + "é" * 3000).encode("utf-8")[:4097])  # an é cut by the 4,096-byte read
+    assert [detect(str(tmp_path / n)) for n in ("train-images-idx3-ubyte", "latin1", "notes", "cut")] == [
+        "image", "image", "image", "text"]
     (tmp_path / "d.jsonl").write_text('{"text": "hello", "label": "x"}\n{"text": "bye", "label": "y"}\n')
     assert read_texts(tmp_path / "d.jsonl") == (["hello", "bye"], ["x", "y"])
 

@@ -89,8 +89,23 @@ class TextModality(SingleEncoder):
         validate(cfg)
 
     def claims(self, path: Path) -> bool:
-        """Text files, and CSVs the modalities asked before (series: numbers) did not claim."""
-        return path.suffix.lower() in (".txt", ".jsonl", ".tsv", ".csv")
+        """Text files, and CSVs the modalities asked before (series: numbers) did not claim; also
+        a file without an extension that reads as tab-separated UTF-8 text (read as a .tsv: the
+        SMS Spam Collection's `label<TAB>text` file, say). Binary files without an extension,
+        such as MNIST's IDX files, hold NUL bytes or are not UTF-8."""
+        if path.suffix.lower() in (".txt", ".jsonl", ".tsv", ".csv"):
+            return True
+        if path.suffix or not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError as e:  # only a character cut at the 4096th byte is allowed
+            if e.start < len(head) - 3:
+                return False
+            text = head[: e.start].decode("utf-8")
+        return "\x00" not in text and "\t" in text.split("\n", 1)[0]
 
     def load(
         self, cfg: Config, source: str, input_shape: list[int] | None, run_dir: Path | None, like: Any | None = None
