@@ -137,8 +137,9 @@ def plan(cfg: Config, samples: int, world: int = 1, seconds_per_step: float | No
     warmup = default_warmup(steps_per_epoch, total) if o.warmup_steps is None else o.warmup_steps
     if batch_why is None:
         batch_why = "as set" if cfg.batch_size else f"≤ {MAX_BATCH} and ≤ 1/{STEPS_PER_EPOCH} of {samples:,} inputs"
-    rule = {"sqrt": f" × √{batch}", "linear": f" × {batch}/256", "none": ""}[o.lr_scaling]
+    rule = {"sqrt": f" = {o.lr:g} × √{batch}", "linear": f" = {o.lr:g} × {batch}/256", "none": " (not scaled)"}[
+        o.lr_scaling]
     peak = scaled_lr(o.lr, batch, o.lr_scaling)
     return Schedule(batch, epochs, steps_per_epoch, warmup, peak, batch_why,
                     f"schedule: {total:,} steps = {epochs} epochs × {steps_per_epoch} at global batch {batch} "
-                    f"({batch_why}; {why}); {o.name} lr {peak:.3g} = {o.lr:g}{rule}, warm-up {warmup:,} steps")
+                    f"({batch_why}; {why}); {o.name} lr {peak:.3g}{rule}, warm-up {warmup:,} steps")
