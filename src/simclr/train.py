@@ -191,6 +191,10 @@ def sized_to_budget(run: Training, images: torch.Tensor | Rows) -> Training:
     left = budget_s - (time.perf_counter() - start)
     schedule = plan(replace(cfg, epochs=None), len(images), dist.world_size(), seconds * LOOP_OVERHEAD, left,
                     batch_why=run.schedule.batch_why)
+    epoch_s = seconds * LOOP_OVERHEAD * schedule.steps_per_epoch
+    if epoch_s > left:  # a run is whole epochs: at least one
+        log.warning("one epoch takes about %.0f s, more than the %.0f s the time budget leaves: training one epoch",
+                    epoch_s, max(0.0, left))
     return replace(run, cfg=replace(cfg, epochs=schedule.epochs, time_budget=None), schedule=schedule)
 
 
