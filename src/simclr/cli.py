@@ -118,11 +118,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def warn_if_beaten(results: dict[str, dict[str, float]], run_dir: Path) -> None:
     """The last line says so when a baseline beats SimCLR (simclr.metrics.verdict)."""
-    from simclr.config import load_config
-    from simclr.metrics import verdict
+    from simclr.metrics import run_verdict
 
-    config = run_dir / "config.yaml"
-    line = verdict(results, load_config(config).data.pretrain_on if config.is_file() else None)
+    line = run_verdict(results, run_dir)
     if line:
         log.warning("%s", line)
 

@@ -30,7 +30,7 @@ class DataConfig:
     # median shorter side, within 8..224). Non-square images keep their central square.
     image_size: int | None = None
     # The held-out stratified share for evaluation (seeded); None: sized to the data, half of a
-    # set of up to 2,000, then 1,000 samples or 10 %, at most 10,000 (experiment.held_out_size).
+    # set of up to 2,000, then 1,000 samples or 10 %, at most 10,000 (schedule.held_out_size).
     test_fraction: float | None = None
     # Keep the uint8 images on the training device: "auto" when they fit DEVICE_SHARE of its free
     # memory (a GPU); "false" reads each batch from host memory or the memory-mapped cache.

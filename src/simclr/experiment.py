@@ -20,6 +20,7 @@ from simclr.finetune import FinetuneSettings
 from simclr.modality import Augment, Baseline, Modality, Results
 from simclr.model import ProjectionHead, SimCLR, build_model, head_layers
 from simclr.probe import stratified_split
+from simclr.schedule import held_out_size
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,21 +58,6 @@ def load_datasets(
         log.info("evaluation: %d of %d labelled samples held out (data.test_fraction sets a share)",
                  len(test_index), len(data))
     return data.subset(train_index), data.subset(test_index)
-
-
-# The held-out share when none is configured. An accuracy measured on n samples has a standard
-# error of at most 0.5/sqrt(n): 1.6 points at 1,000, 0.5 at 10,000. A small set is halved (its
-# estimate needs the samples more than pretraining does); from 2,000 samples on, 1,000 are held
-# out, then 10 % once that is more, and never more than 10,000: a large set keeps 90-99 % of its
-# samples for pretraining and its estimate stays within half a point.
-MIN_HELD_OUT, MAX_HELD_OUT, HELD_OUT_SHARE = 1000, 10_000, 0.1
-
-
-def held_out_size(n: int) -> float | int:
-    """What `stratified_split` holds out of n labelled samples by default: a share or a count."""
-    if n / 2 <= MIN_HELD_OUT:
-        return 0.5
-    return int(min(MAX_HELD_OUT, max(MIN_HELD_OUT, HELD_OUT_SHARE * n)))
 
 
 def input_shape_of(data: Any) -> list[int]:

@@ -83,6 +83,19 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 HEADLINE = ("linear", "knn", "few_shot_5")  # the metrics a baseline is held to in `verdict`
 
 
+def run_verdict(results: dict[str, dict[str, float]], run_dir: Path) -> str | None:
+    """`verdict` for a run directory, its next step informed by the run's config.yaml if that reads."""
+    from simclr.config import load_config
+    from simclr.errors import UserError
+
+    config = run_dir / "config.yaml"
+    try:
+        pretrain_on = load_config(config).data.pretrain_on if config.is_file() else None
+    except UserError:
+        pretrain_on = None
+    return verdict(results, pretrain_on)
+
+
 def verdict(results: dict[str, dict[str, float]], pretrain_on: str | None = None) -> str | None:
     """One line when a baseline (raw inputs, random init; not the supervised reference) beats
     SimCLR on a headline metric: which, by how much, and the most useful next step. None when

@@ -26,7 +26,7 @@ from torch import nn
 
 from simclr.augment import ImageAugment
 from simclr.evaluate import extract_features, load_eval
-from simclr.metrics import verdict
+from simclr.metrics import run_verdict
 
 log = logging.getLogger("simclr")
 
@@ -161,17 +161,6 @@ def _sample(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
-def _pretrain_on(run_dir: Path) -> str | None:
-    """data.pretrain_on of the run's config.yaml, if it has one that reads."""
-    from simclr.config import load_config
-    from simclr.errors import UserError
-
-    try:
-        return load_config(run_dir / "config.yaml").data.pretrain_on if (run_dir / "config.yaml").is_file() else None
-    except UserError:
-        return None
-
-
 def build_report(
     run_dir: Path, encoder: nn.Module | None = None, data: Any | None = None,
     augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
@@ -197,7 +186,7 @@ def build_report(
     eval_path = run_dir / "eval.json"
     if eval_path.is_file():
         results, notes = load_eval(eval_path)
-        line = verdict(results, _pretrain_on(run_dir))
+        line = run_verdict(results, run_dir)
         if line:  # at the top: a baseline beat SimCLR
             parts.insert(2, f"<p class='verdict'>{html.escape(line)}</p>")
         parts.append("<p>Top-1 test accuracy (%), final checkpoint; – where a metric does not apply.</p>")
