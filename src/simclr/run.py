@@ -43,12 +43,13 @@ class Run:
     @classmethod
     def open(cls, run_dir: str | Path) -> Run:
         """Read `run_dir/checkpoint.pt` once: config, modality (as recorded, never re-detected),
-        input shape and weights."""
+        input shape and weights. The run's own cache folder and download setting are not kept
+        (see `_local`)."""
         run_dir = Path(run_dir)
         state = load_checkpoint(run_dir / CHECKPOINT)
         if "config" not in state or "input_shape" not in state:
             raise UserError(f"{run_dir / CHECKPOINT} does not record its config and input shape")
-        cfg = from_dict(state["config"])
+        cfg = _local(from_dict(state["config"]))
         cfg.data.modality = str(state.get("modality", DEFAULT))  # checkpoints before modalities: images
         modality = get(cfg.data.modality)
         shape = [int(v) for v in state["input_shape"]]
@@ -76,3 +77,13 @@ class Run:
         from simclr.experiment import load_datasets
 
         return load_datasets(cfg or self.cfg, self.modality, source, eval_source, self.input_shape, self.dir)
+
+
+def _local(cfg: Config) -> Config:
+    """`cfg` with this machine's settings for where files are written: a run may come from
+    someone else, and its recorded data.cache_dir (or data.download into data.root) would let
+    it choose where reading its data writes. Caches go to $SIMCLR_CACHE or ~/.cache/simclr, or
+    to the data.cache_dir a command sets (`Run.config`); nothing is downloaded unless asked."""
+    cfg.data.cache_dir = None
+    cfg.data.download = False
+    return cfg

@@ -2,10 +2,10 @@
 
 A slot (a folder under the cache directory) is named by the source's identity (kind, resolved
 path, split) and the preprocessing settings (channels, size, cache format version). Inside,
-`meta.json` records a fingerprint of the source's files (sizes, modification times, modes);
-a load whose fingerprint differs rebuilds the slot in place. Files are written under
-temporary names and renamed, `meta.json` last, so an interrupted build is never read.
-The cache directory can be deleted at any time.
+`meta.json` records a fingerprint of the source's files (sizes, modification times, modes)
+and of the Pillow version that decoded them; a load whose fingerprint differs rebuilds the
+slot in place. Files are written under temporary names and renamed, `meta.json` last, so an
+interrupted build is never read. The cache directory can be deleted at any time.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
+
+from simclr.errors import UserError
 
 try:
     import fcntl
@@ -34,16 +37,32 @@ CACHE_VERSION = 2  # bump when decoding changes what a cached image holds
 COPY_ROWS = 4096  # rows copied per step when reducing channels
 
 
-def _new_mapped(path: Path, shape: tuple[int, ...]) -> np.memmap:
-    """A new uint8 file of `shape` at `path`, mapped for writing. Its space is reserved now:
-    writing a memory map onto a full disk kills the process (SIGBUS) instead of raising."""
+def _new_mapped(path: Path, shape: tuple[int, ...], reserve: bool = True) -> np.memmap:
+    """A new uint8 file of `shape` at `path`, mapped for writing. With `reserve` its space is
+    reserved now: writing a memory map onto a full disk kills the process (SIGBUS) instead of
+    raising. Without, the file is sparse and its writer reserves rows first (`reserve_rows`)."""
     size = int(np.prod(shape))
     with open(path, "wb") as f:
-        if hasattr(os, "posix_fallocate"):
+        if reserve and hasattr(os, "posix_fallocate"):
             os.posix_fallocate(f.fileno(), 0, size)
         else:
             f.truncate(size)
     return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
+
+
+def reserve_rows(images: np.ndarray, start: int, stop: int) -> None:
+    """Reserve the disk space of rows [start, stop) of `images` before they are written, when it
+    is a memory-mapped file (a sparse one from `Slot.resumable`): a full disk is then a one-line
+    error instead of SIGBUS. Arrays in memory need nothing."""
+    if not isinstance(images, np.memmap) or stop <= start or not hasattr(os, "posix_fallocate"):
+        return
+    row = images.nbytes // len(images)
+    try:
+        with open(str(images.filename), "r+b") as f:
+            os.posix_fallocate(f.fileno(), images.offset + start * row, (stop - start) * row)
+    except OSError as e:
+        raise UserError(f"cannot write the image cache {images.filename}: {e.strerror or e} (free some "
+                        "space, or set data.cache_dir or $SIMCLR_CACHE to another disk)") from None
 
 
 def default_cache_dir() -> Path:
@@ -105,7 +124,9 @@ class Slot:
         key = digest({"version": CACHE_VERSION, **identity})
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40] or "data"
         folder = cache_dir / f"{slug}-{key[:16]}" if cache_dir is not None else None
-        return cls(folder, digest(fingerprint))
+        # Another Pillow may decode the same files differently (resampling, colour conversion):
+        # its version is part of the fingerprint, so an upgrade rebuilds the slot in place.
+        return cls(folder, digest({"files": fingerprint, "pillow": PIL.__version__}))
 
     def read(self) -> Cached | None:
         """The cached dataset if it is complete and its fingerprint matches, else None."""
@@ -133,9 +154,10 @@ class Slot:
         """A writable uint8 array of `shape` for a decode that can resume: the slot's partial
         file, and the progress an interrupted build of the same source and settings saved into
         it (None: start from the beginning). Without a cache folder, or when another process
-        is building this slot, the plain `allocate`."""
+        is building this slot, the plain `allocate`. Either file is sparse: the decoder reserves
+        the rows it writes (`reserve_rows`), so rows for files that turn out no image cost no disk."""
         if self.folder is None or int(np.prod(shape)) == 0 or fcntl is None:
-            return self.allocate(shape), None
+            return self.allocate(shape, reserve=False), None
         partial, progress = self.folder / "images.u8.partial", self.folder / "partial.json"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +166,7 @@ class Slot:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:  # another process builds it: build our own copy
                 lock.close()
-                return self.allocate(shape), None
+                return self.allocate(shape, reserve=False), None
             self._lock = lock
             state = None
             try:
@@ -156,7 +178,7 @@ class Slot:
                 pass
             if state is None:
                 progress.unlink(missing_ok=True)
-                return _new_mapped(partial, shape), None
+                return _new_mapped(partial, shape, reserve=False), None
             return np.memmap(partial, dtype=np.uint8, mode="r+", shape=shape), state
         except OSError as e:
             return self._uncached(e, shape), None
@@ -170,15 +192,16 @@ class Slot:
         with self._temporary(self.folder / "partial.json") as tmp:
             tmp.write_text(json.dumps({**state, "fingerprint": self.fingerprint, "shape": list(images.shape)}))
 
-    def allocate(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A writable uint8 array of `shape`: a memory-mapped temporary file in the slot, or
-        memory when caching is off or the cache folder cannot take it."""
+    def allocate(self, shape: tuple[int, ...], reserve: bool = True) -> np.ndarray:
+        """A writable uint8 array of `shape`: a memory-mapped temporary file in the slot (its
+        space reserved unless `reserve` is off, see `_new_mapped`), or memory when caching is off
+        or the cache folder cannot take it."""
         if self.folder is not None and int(np.prod(shape)) > 0:
             tmp = self.folder / f"images.u8.tmp-{os.getpid()}-{len(self._tmp)}"
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self._tmp.append(tmp)
-                return _new_mapped(tmp, shape)
+                return _new_mapped(tmp, shape, reserve)
             except OSError as e:
                 return self._uncached(e, shape)
         return np.empty(shape, dtype=np.uint8)
@@ -208,7 +231,10 @@ class Slot:
             (self.folder / "meta.json").unlink(missing_ok=True)
             os.replace(final, self.folder / "images.u8")
             if labels is not None:
-                np.save(self.folder / "labels.npy", labels.astype(np.int64))
+                # Under a temporary name and renamed, like every file here: a reader (another
+                # rank, say) never sees a torn labels.npy.
+                with self._temporary(self.folder / "labels.npy") as tmp, open(tmp, "wb") as f:
+                    np.save(f, labels.astype(np.int64))
             meta = {
                 "version": CACHE_VERSION, "fingerprint": self.fingerprint, "shape": list(rows.shape),
                 "labelled": labels is not None, "classes": built.classes,
@@ -245,7 +271,7 @@ class Slot:
             return source
         target = self.folder / f"images.u8.tmp-{os.getpid()}-{len(self._tmp)}" if self.folder else source
         self._tmp.append(target)
-        out = np.memmap(target, dtype=np.uint8, mode="w+", shape=rows.shape)
+        out = _new_mapped(target, rows.shape)  # reserved: a full disk raises here, no SIGBUS
         for start in range(0, len(rows), COPY_ROWS):
             out[start : start + COPY_ROWS] = rows[start : start + COPY_ROWS]
         out.flush()

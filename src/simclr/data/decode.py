@@ -7,7 +7,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from simclr.data.cache import reserve_rows
 from simclr.data.images import BrokenImage, decode_image, probe_size
 from simclr.data.listing import READ_ERRORS, Entry, read_error
 from simclr.errors import UserError
@@ -29,6 +30,9 @@ MIN_AUTO_SIZE = 8
 MAX_AUTO_SIZE = 224
 
 CHUNK = 256  # files read, then decoded in parallel, per step
+# ... and at most this many bytes of them (or one file), so that the files read ahead of
+# decoding hold bounded memory whatever their sizes (up to listing.MAX_FILE_BYTES each).
+CHUNK_BYTES = 128 << 20
 SAVE_EVERY_S = 10.0  # how often a resumable decode records its progress
 Allocate = Callable[[tuple[int, ...]], np.ndarray]
 
@@ -46,7 +50,7 @@ class Resume:
 class Decoded:
     """The outcome of decoding a list of files."""
 
-    images: np.ndarray  # as allocated: (len(entries), C, S, S); rows [:count] are used
+    images: np.ndarray  # as allocated: (readable entries, C, S, S); rows [:count] are used
     count: int
     kept: list[int]  # for each used row, its position in the entries
     skipped: list[tuple[str, str]]  # (display path, reason)
@@ -90,9 +94,13 @@ def decode_entries(
     """Decode every entry to (C, size, size), C = channels or 3 when None, into an array
     from `allocate`. Broken files are skipped with their reason; with `strict`, the first
     one raises UserError. With `resume`, the progress is saved every SAVE_EVERY_S seconds and
-    a decode that was interrupted continues where it was saved instead of starting over."""
+    a decode that was interrupted continues where it was saved instead of starting over.
+
+    The output has a row for each entry that can be read (entries skipped while listing take
+    none); the disk space of a memory-mapped output is reserved chunk by chunk for the rows that
+    decoded (`reserve_rows`), so files that are no images cost no cache space."""
     c = channels or 3
-    shape = (len(entries), c, size, size)
+    shape = (sum(e.read is not None for e in entries), c, size, size)
     out, state = resume.allocate(shape) if resume is not None else (allocate(shape), None)
     kept: list[int] = list(state["kept"]) if state else []
     skipped: list[tuple[str, str]] = [(str(p), str(r)) for p, r in state["skipped"]] if state else []
@@ -121,8 +129,7 @@ def decode_entries(
         # error for every decoding thread (the filter list is process-wide).
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            for start in range(first, len(entries), CHUNK):
-                chunk = range(start, min(start + CHUNK, len(entries)))
+            for chunk in _chunks(entries, first):
                 ready: list[tuple[int, bytes]] = []
                 for i in chunk:
                     entry = entries[i]
@@ -135,6 +142,7 @@ def decode_entries(
                         skip(entry, read_error(e, entry.display))
                 datas = [d for _, d in ready]
                 results = list(pool.map(work, datas)) if pool else [work(d) for d in datas]
+                reserve_rows(out, len(kept), len(kept) + sum(not isinstance(r, str) for r in results))
                 for (i, _), result in zip(ready, results, strict=True):
                     if isinstance(result, str):
                         skip(entries[i], result)
@@ -152,3 +160,16 @@ def decode_entries(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return Decoded(out, len(kept), kept, skipped, all_grey)
+
+
+def _chunks(entries: Sequence[Entry], first: int) -> Iterator[range]:
+    """Consecutive ranges of entries from `first`: up to CHUNK of them, holding up to
+    CHUNK_BYTES as listed (a larger file makes a chunk of its own)."""
+    start = first
+    while start < len(entries):
+        stop, held = start + 1, entries[start].size
+        while stop < len(entries) and stop - start < CHUNK and held + entries[stop].size <= CHUNK_BYTES:
+            held += entries[stop].size
+            stop += 1
+        yield range(start, stop)
+        start = stop

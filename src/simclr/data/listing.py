@@ -18,8 +18,9 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from simclr.data.images import BROKEN_LINK, NOT_A_FILE, SYMLINK_LOOP, TOO_LARGE, UNREADABLE
+from simclr.data.images import BROKEN_LINK, EMPTY, NOT_A_FILE, SYMLINK_LOOP, TOO_LARGE, UNREADABLE
 
 # Documents and metadata that commonly sit next to images; never treated as images.
 IGNORED_SUFFIXES = frozenset({
@@ -29,9 +30,10 @@ IGNORED_SUFFIXES = frozenset({
 })
 IGNORED_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
 
-# A single file larger than this is not read (no real image needs it; a bad one could
-# exhaust memory before Pillow's pixel limit is reached).
-MAX_FILE_BYTES = 1 << 30
+# A single file larger than this is not read: an uncompressed 8-bit RGB image at Pillow's
+# pixel limit (MAX_IMAGE_PIXELS) is 256 MiB, and this leaves room for 16 bits or alpha; a
+# bigger file is no usable image, and reading it costs its size in memory.
+MAX_FILE_BYTES = 512 << 20
 
 # What reading a file or archive member can raise: OS errors, damaged archives (bad CRC or
 # compressed data, early end), and members zipfile cannot read (encrypted: RuntimeError;
@@ -50,6 +52,7 @@ class Entry:
     read: Callable[[], bytes] | None
     error: str | None = None
     stamp: tuple[int, ...] = ()  # (size, mtime_ns, mode) for folder files: the cache fingerprint
+    size: int = 0  # bytes `read` returns, as listed: what reading it holds in memory
 
 
 def printable(path: str) -> str:
@@ -99,11 +102,11 @@ def list_folder(root: Path, exclude: Path | None = None) -> list[Entry]:
                     stack.append((Path(child.path), parts, ancestors | {key}))
             elif not stat.S_ISREG(st.st_mode):
                 entries.append(Entry(parts, display, None, f"{NOT_A_FILE}: {_file_type(st.st_mode)}"))
-            elif st.st_size > MAX_FILE_BYTES:
-                entries.append(Entry(parts, display, None, f"{TOO_LARGE}: file of {st.st_size} bytes"))
+            elif error := _size_error(st.st_size, "file"):
+                entries.append(Entry(parts, display, None, error))
             else:
                 entries.append(Entry(parts, display, _file_reader(child.path),
-                                     stamp=(st.st_size, st.st_mtime_ns, st.st_mode)))
+                                     stamp=(st.st_size, st.st_mtime_ns, st.st_mode), size=st.st_size))
     entries.sort(key=lambda e: e.parts)
     return entries
 
@@ -116,10 +119,10 @@ def list_zip(archive: zipfile.ZipFile, origin: Path) -> list[Entry]:
         if info.is_dir() or not parts or any(is_ignored(p) for p in parts):
             continue
         display = printable(f"{origin}/{info.filename}")
-        if info.file_size > MAX_FILE_BYTES:
-            entries.append(Entry(parts, display, None, f"{TOO_LARGE}: member of {info.file_size} bytes"))
+        if error := _size_error(info.file_size, "member"):
+            entries.append(Entry(parts, display, None, error))
         else:
-            entries.append(Entry(parts, display, _zip_reader(archive, info)))
+            entries.append(Entry(parts, display, _zip_reader(archive, info), size=info.file_size))
     entries.sort(key=lambda e: e.parts)
     return entries
 
@@ -137,11 +140,22 @@ def list_tar(archive: tarfile.TarFile, origin: Path) -> list[Entry]:
             entries.append(Entry(parts, display, None, f"{NOT_A_FILE}: link inside the archive"))
         elif not member.isfile():
             entries.append(Entry(parts, display, None, f"{NOT_A_FILE}: special file in the archive"))
-        elif member.size > MAX_FILE_BYTES:
-            entries.append(Entry(parts, display, None, f"{TOO_LARGE}: member of {member.size} bytes"))
+        elif error := _size_error(member.size, "member"):
+            entries.append(Entry(parts, display, None, error))
         else:
-            entries.append(Entry(parts, display, _tar_reader(archive, member)))
+            entries.append(Entry(parts, display, _tar_reader(archive, member), size=member.size))
     return entries
+
+
+def _size_error(size: int, what: str) -> str | None:
+    """Why a file of `size` bytes is skipped unread, if it is. Empty files are known to be no
+    image without reading them, and are left out of the decoder's output size (an archive of
+    thousands of empty members would otherwise reserve a row of cache for each)."""
+    if size == 0:
+        return EMPTY
+    if size > MAX_FILE_BYTES:
+        return f"{TOO_LARGE}: {what} of {size} bytes"
+    return None
 
 
 def read_error(e: BaseException, where: str) -> str:
@@ -185,15 +199,24 @@ def _member_parts(name: str) -> tuple[str, ...]:
     return tuple(p for p in name.replace("\\", "/").split("/") if p not in ("", "."))
 
 
+def _bounded(f: BinaryIO) -> bytes:
+    """At most MAX_FILE_BYTES from `f`: a file that grew after it was listed is not read whole."""
+    data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"file grew past {MAX_FILE_BYTES} bytes since it was listed")
+    return data
+
+
 def _file_reader(path: str) -> Callable[[], bytes]:
     def read() -> bytes:
         with open(path, "rb") as f:
-            return f.read()
+            return _bounded(f)
 
     return read
 
 
 def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], bytes]:
+    # zipfile stops at the member's declared size (and checks its CRC), the size listed.
     return lambda: archive.read(info)
 
 

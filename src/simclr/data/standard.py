@@ -121,18 +121,25 @@ def read_idx(path: Path) -> np.ndarray:
 
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: a pickle can run any code, and the
-    CIFAR batches need nothing else."""
+    CIFAR batches need nothing else. Globals are matched exactly, before anything is imported:
+    importing a module can itself run code (`numpy.f2py.__main__` starts f2py and exits)."""
 
-    ALLOWED = frozenset({"_reconstruct", "scalar", "_frombuffer", "ndarray", "dtype"})
+    # (module, name) of every global a pickled array, dtype or numpy scalar needs, as written by
+    # NumPy 1 (`numpy.core`) and NumPy 2 (`numpy._core`), protocols 2 to 5.
+    ALLOWED = frozenset({
+        ("_codecs", "encode"),  # bytes pickled by Python 3, protocol 2
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+        *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),  # protocol 5
+    })
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "_codecs" and name == "encode":  # bytes pickled by Python 3, protocol 2
-            return super().find_class(module, name)
-        if module.split(".")[0] == "numpy" and name in self.ALLOWED:
-            if module.startswith("numpy.core") and hasattr(np, "_core"):
-                module = "numpy._core" + module[len("numpy.core"):]  # NumPy 2 moved these
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core" + module[len("numpy.core"):]  # NumPy 2 moved these
+        return super().find_class(module, name)
 
 
 def load_batch(path: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from simclr.data.arrays import check_declared_sizes
 from simclr.data.columns import LABEL_COLUMNS, first_column, numeric_field, pick_column
 from simclr.errors import UserError
 
@@ -221,6 +222,7 @@ def read_source(source: str, label_column: str | None) -> tuple[Raw, Raw | None,
     if suffix == ".ts":
         return read_ts(path), None, path.stem
     if suffix in (".npz", ".npy"):
+        check_declared_sizes(path)  # before np.load allocates what a header claims
         if suffix == ".npy":
             return (list(_as3d(np.load(path, allow_pickle=False), path)), None), None, path.stem
         with np.load(path, allow_pickle=False) as z:
