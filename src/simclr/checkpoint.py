@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -11,10 +13,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from simclr.config import Config, to_dict
 from simclr.errors import UserError
+
+log = logging.getLogger("simclr")
+
+# What writing a file raises when the disk is full or the path unwritable: torch.save wraps the
+# failed write in a RuntimeError, safetensors in its own error.
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 @cache
@@ -31,25 +40,76 @@ def git_revision() -> str | None:
 
 def atomic_write(path: Path, write: Any) -> None:
     """Write through `write(tmp_path)`, flush to disk, then rename over `path`: a crash at any
-    point leaves either the old file or the new one, never a torn one."""
+    point leaves either the old file or the new one, never a torn one. A failed write removes
+    its temporary."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable: until the directory itself is flushed, a power cut can
+    undo the rename. Best effort: Windows cannot open a directory, some file systems refuse."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_failure(e: BaseException) -> str:
+    """Why a write failed (one of WRITE_ERRORS), in one line. torch and safetensors do not say
+    why a write failed; a full disk is the usual cause."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return f"{(str(e).splitlines() or [type(e).__name__])[0]} (is the disk full?)"
+
+
+def remove_temporaries(folder: Path, pattern: str = ".*.tmp") -> None:
+    """Delete what killed writes left behind (`atomic_write`'s temporaries): they are never
+    renamed into place, and the numbered checkpoints' names differ every time."""
+    for stale in folder.glob(pattern):
+        stale.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 1) -> None:
-    """Write `<stem>-<step>.pt` atomically, point `path` at it (an atomic hard-link swap, no
-    copy), and delete all but the newest `keep` numbered checkpoints."""
+    """Write `<stem>-<step>.pt` atomically, point `path` at it, and delete all but the newest
+    `keep` numbered checkpoints."""
+    remove_temporaries(path.parent, f".{path.stem}-*{path.suffix}.tmp")  # of a run killed mid-write
     numbered = path.with_name(f"{path.stem}-{state['progress']['step']:09d}{path.suffix}")
     atomic_write(numbered, lambda p: torch.save(state, p))
-    link = path.with_name(f".{path.name}.link")
-    link.unlink(missing_ok=True)
-    os.link(numbered, link)
-    os.replace(link, path)
+    point_at(path, numbered)
     for stale in sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))[:-keep]:
         stale.unlink()
+
+
+def point_at(path: Path, target: Path) -> None:
+    """Make `path` the file `target` is: an atomic swap of a hard link (no copy), or where the
+    file system has no hard links (FUSE, SMB, exFAT: EPERM, ENOTSUP) an atomic copy."""
+    link = path.with_name(f".{path.name}.link")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(target, link)
+    except OSError as e:
+        log.debug("no hard link for %s (%s); copying", path, e)
+        atomic_write(path, lambda p: shutil.copyfile(target, p))
+        return
+    os.replace(link, path)
+    fsync_dir(path.parent)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -69,7 +129,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def save_encoder(path: Path, encoder: torch.nn.Module) -> None:
     """The encoder's state dict as safetensors (shared storage made contiguous copies)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
-    atomic_write(path, lambda p: save_file(tensors, str(p)))
+    try:
+        atomic_write(path, lambda p: save_file(tensors, str(p)))
+    except WRITE_ERRORS as e:
+        raise UserError(f"cannot write {path}: {write_failure(e)}") from None
 
 
 def rng_state(augment_states: list[torch.Tensor]) -> dict[str, Any]:
@@ -108,5 +171,5 @@ def save_training_checkpoint(out: Path, state: dict[str, Any], cfg: Config) -> N
     state = {**state, "config": to_dict(cfg), "version": __version__, "git": git_revision()}
     try:
         save_checkpoint(out / "checkpoint.pt", state, cfg.keep_checkpoints)
-    except OSError as e:
-        raise UserError(f"cannot write checkpoint in {out}: {e.strerror or e}; the previous one is kept") from None
+    except WRITE_ERRORS as e:
+        raise UserError(f"cannot write checkpoint in {out}: {write_failure(e)}; the previous one is kept") from None

@@ -147,6 +147,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from simclr.extras import require
+
+    require("report")  # before simclr.report imports matplotlib
     from simclr.device import resolve_device
     from simclr.report import build_report
     from simclr.run import Run
@@ -198,7 +201,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     from simclr.run import Run
 
     run = Run.open(args.run_dir)
-    log.info("wrote %s", run.modality.export(run, args.format, Path(args.out) if args.out else None))
+    out = in_made_folder(Path(args.out)) if args.out else None
+    log.info("wrote %s", run.modality.export(run, args.format, out))
+
+
+def in_made_folder(path: Path) -> Path:
+    """`path`, its folder created if missing (an --out in a folder not made yet)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder of {path}: {e.strerror or e}") from None
+    return path
 
 
 COMMANDS = {

@@ -7,8 +7,9 @@ with the key's name, and the resolved config is saved with every run and checkpo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, make_dataclass
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -17,6 +18,11 @@ from omegaconf.errors import OmegaConfBaseException
 from simclr import modality
 from simclr.errors import UserError
 from simclr.schedule import parse_duration
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+RECIPES = files("simclr") / "recipes"  # YAML recipes shipped with the package, loadable by name
 
 
 @dataclass
@@ -134,7 +140,9 @@ class Config:
     # first k layers of the trained projection head (SimCLRv2 fine-tunes from head1).
     eval_finetune_from: list[str] = field(default_factory=lambda: ["h"])
     distill: DistillConfig = field(default_factory=DistillConfig)
-    report: bool = True  # write report.html at the end of training
+    # report.html at the end of training; None: when matplotlib is installed (the [report] extra)
+    report: bool | None = None
+    tensorboard: bool | None = None  # TensorBoard scalars too; None: when the [tensorboard] extra is installed
     threads: int | None = None  # torch CPU threads; None: torch's default
     # NHWC memory layout for the encoder and its inputs: the layout oneDNN's and cuDNN's fast
     # convolutions use. Results differ from NCHW only by float rounding.
@@ -259,6 +267,21 @@ def _validate_v2(cfg: Config) -> None:
     check(d.lr > 0, f"distill.lr must be positive, got {d.lr}")
 
 
+def recipes() -> list[str]:
+    """The names of the recipes shipped with the package (`--config cifar10`)."""
+    return sorted(p.name.removesuffix(".yaml") for p in RECIPES.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_path(path: str | Path) -> Path | Traversable:
+    """A config file: `path` itself, or the shipped recipe of that name (`cifar10`, `text`...)."""
+    if Path(path).is_file():
+        return Path(path)
+    shipped = RECIPES / f"{path}.yaml"
+    if str(path).isidentifier() and shipped.is_file():
+        return shipped
+    raise UserError(f"config file does not exist: {path} (or a shipped recipe: {', '.join(recipes())})")
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, base: Config | None = None
 ) -> Config:
@@ -268,9 +291,8 @@ def load_config(
         if base is not None:
             merged = OmegaConf.merge(merged, OmegaConf.create(to_dict(base)))
         if path is not None:
-            if not Path(path).is_file():
-                raise UserError(f"config file does not exist: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            with recipe_path(path).open() as file:
+                merged = OmegaConf.merge(merged, OmegaConf.load(file))
         for item in overrides or []:
             if "=" not in item:
                 raise UserError(f"override {item!r} is not key=value")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from simclr import dist
+from simclr.env import env_flag
 from simclr.errors import UserError
 
 # Set to 0 (or 1) to make `native_bf16` report this CPU as lacking (or having) native bf16:
@@ -28,9 +27,9 @@ def resolve_device(name: str) -> torch.device:
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Elsewhere bf16 is
     emulated through float32 and is slower than float32 itself, so `precision=auto` avoids it."""
-    forced = os.environ.get(NATIVE_BF16_ENV)
-    if forced in ("0", "1"):
-        return forced == "1"
+    forced = env_flag(NATIVE_BF16_ENV)
+    if forced is not None:
+        return forced
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without these probes

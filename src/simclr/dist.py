@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -51,13 +52,21 @@ def init_from_env(timeout_s: float, device: str = "auto") -> None:
             )
         torch.cuda.set_device(local)
     torch_dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
-    global _host_group
+    global _host_group, _patient_group
     # Host-side flags (a stop request) travel over gloo between CPU tensors: under nccl they
     # would be a device collective and a device-to-host copy, a sync on every training step.
     _host_group = torch_dist.new_group(backend="gloo") if cuda else None
+    _patient_group = torch_dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
 
 
 _host_group: Any = None
+_patient_group: Any = None
+
+# How long the other ranks wait for rank 0's first decode of a data set (`main_first`): hours
+# for a large one on a slow disk, far beyond `dist_timeout_s`, whose point is to catch a dead
+# rank quickly. No deadline is needed there: rank 0's failure is sent to them (`main_first`),
+# and a rank that dies makes torchrun stop the whole group. A day bounds a hang outside torchrun.
+PATIENT_TIMEOUT = timedelta(days=1)
 
 
 def local_device() -> torch.device:
@@ -68,10 +77,10 @@ def local_device() -> torch.device:
 
 
 def shutdown() -> None:
-    global _host_group
+    global _host_group, _patient_group
     if is_distributed():
         torch_dist.destroy_process_group()
-    _host_group = None
+    _host_group = _patient_group = None
 
 
 def barrier() -> None:
@@ -88,13 +97,58 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's `obj` on every rank."""
+def broadcast_object(obj: Any, group: Any = None) -> Any:
+    """Rank 0's `obj` on every rank (over `group`, default the whole process group)."""
     if not is_distributed():
         return obj
     box = [obj]
-    torch_dist.broadcast_object_list(box, src=0)
+    torch_dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
+
+
+T = TypeVar("T")
+
+
+def main_only(work: Callable[[], None]) -> None:
+    """`work()` on rank 0 only (a file only it writes); its error is raised on every rank, so
+    all stop together instead of the others waiting out the timeout at their next collective."""
+    if not is_distributed():
+        work()
+    elif is_main_process():
+        _on_main(work, _host_group)
+    else:
+        _outcome(_host_group)
+
+
+def main_first(work: Callable[[], T]) -> T:
+    """`work()` on rank 0, then on the other ranks (rank 0 builds the decode cache they then
+    read). They wait for it without the process group's timeout (PATIENT_TIMEOUT), and raise
+    rank 0's error if it failed."""
+    if not is_distributed():
+        return work()
+    if is_main_process():
+        result: list[T] = []
+        _on_main(lambda: result.append(work()), _patient_group)
+        return result[0]
+    _outcome(_patient_group)
+    return work()
+
+
+def _on_main(work: Callable[[], None], group: Any) -> None:
+    """`work()` on rank 0, how it went sent to the other ranks' `_outcome(group)`."""
+    try:
+        work()
+    except BaseException as e:
+        broadcast_object(str(e) if isinstance(e, UserError) else f"rank 0 failed: {type(e).__name__}: {e}", group)
+        raise
+    broadcast_object(None, group)
+
+
+def _outcome(group: Any) -> None:
+    """On the other ranks: rank 0's error from `_on_main`, raised as a UserError."""
+    error = broadcast_object(None, group)
+    if error is not None:
+        raise UserError(error)
 
 
 def mean(x: torch.Tensor) -> torch.Tensor:

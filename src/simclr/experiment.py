@@ -20,7 +20,7 @@ from simclr.finetune import FinetuneSettings
 from simclr.modality import Augment, Baseline, Modality, Results
 from simclr.model import ProjectionHead, SimCLR, build_model, head_layers
 from simclr.probe import stratified_split
-from simclr.schedule import held_out_size
+from simclr.schedule import MIN_EPOCHS, MIN_STEPS, held_out_size
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,15 +39,16 @@ def load_datasets(
     `source` is for training; otherwise labelled data is split (stratified, seeded) and only
     its training part is used for pretraining. `input_shape` forces a trained encoder's input.
     Under torchrun rank 0 loads first (building any decode cache), then the others read what it
-    built."""
+    built (`dist.main_first`: they wait as long as that takes, and share its error)."""
     source, eval_source = source or cfg.data.source, eval_source or cfg.data.eval_source
-    if not dist.is_main_process():
-        dist.barrier()
-    data, test = modality.load(cfg, source, input_shape, run_dir)
-    if eval_source:
-        test, _ = modality.load(cfg, eval_source, input_shape, run_dir, like=data)
-    if dist.is_main_process():
-        dist.barrier()
+
+    def load() -> tuple[Any, Any | None]:
+        data, test = modality.load(cfg, source, input_shape, run_dir)
+        if eval_source:
+            test, _ = modality.load(cfg, eval_source, input_shape, run_dir, like=data)
+        return data, test
+
+    data, test = dist.main_first(load)
     if test is not None:  # held-out pairs serve retrieval without labels
         return data, test if test.labels is not None or modality.evaluates_unlabelled else None
     if data.labels is None:
@@ -126,6 +127,7 @@ class SingleEncoder:
     evaluates_unlabelled = False
     pretrain_default = "small"
     optimizer = "lars"
+    min_schedule = (MIN_EPOCHS, MIN_STEPS)  # a default run's least (epochs, steps): the paper's images
     distills = False
     export_formats: tuple[str, ...] = ("safetensors",)
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from simclr.checkpoint import atomic_write
+from simclr.checkpoint import WRITE_ERRORS, atomic_write, write_failure
 from simclr.errors import UserError
 
 
@@ -18,15 +18,19 @@ def export_encoder(encoder: nn.Module, input_shape: list[int], fmt: str, out: Pa
     reads and a torchvision ResNet with `fc = nn.Identity()` loads with strict=True),
     `safetensors`, or `onnx` (input `x` (B, *input_shape), for images floats in [0, 1], output
     `h`, dynamic batch; needs the `onnx` extra)."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    if fmt == "torchvision":
-        atomic_write(out, lambda p: torch.save(weights, p))
-    elif fmt == "safetensors":
-        atomic_write(out, lambda p: save_file(weights, str(p)))
-    elif fmt == "onnx":
+    if fmt == "onnx":
         export_onnx(encoder, input_shape, out)
-    else:
+        return out
+    if fmt not in ("torchvision", "safetensors"):
         raise UserError(f"unknown export format {fmt!r} (choose torchvision, safetensors or onnx)")
+    weights = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    try:
+        if fmt == "torchvision":
+            atomic_write(out, lambda p: torch.save(weights, p))
+        else:
+            atomic_write(out, lambda p: save_file(weights, str(p)))
+    except WRITE_ERRORS as e:  # a full disk, a read-only folder
+        raise UserError(f"cannot write {out}: {write_failure(e)}") from None
     return out
 
 

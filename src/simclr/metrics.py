@@ -3,18 +3,46 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+from simclr.extras import require
+from simclr.extras import wanted as wanted_extra
+
+log = logging.getLogger("simclr")
+
+
+def logged_step(line: str, path: Path) -> float:
+    """The step of a metrics.jsonl line; infinity (dropped on resume) for an empty line or one
+    a kill cut mid-write, which is logged."""
+    if not line:
+        return math.inf
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # JSONDecodeError is a ValueError
+        log.warning("%s: dropped an unreadable line (a run killed mid-write?): %.60s", path, line)
+        return math.inf
+
+
+def tensorboard_writer(folder: Path, start_step: int, wanted: bool | None) -> Any:
+    """A SummaryWriter, or None: when not `wanted`, or when left to the install (None) and the
+    [tensorboard] extra is not there (said once; metrics.jsonl and the report have it all)."""
+    if not wanted_extra("tensorboard", wanted):
+        return None
+    writer = require("tensorboard", "torch.utils.tensorboard").SummaryWriter
+    return writer(str(folder), purge_step=start_step + 1 if start_step else None)
 
 
 class MetricsLogger:
     """Rank 0 writes; other ranks get a disabled logger with the same interface."""
 
-    def __init__(self, out: Path, every: int, total_steps: int, start_step: int, enabled: bool = True) -> None:
+    def __init__(self, out: Path, every: int, total_steps: int, start_step: int, enabled: bool = True,
+                 tensorboard: bool | None = None) -> None:
         self.enabled = enabled
         self.every = every
         self.images = 0
@@ -24,10 +52,10 @@ class MetricsLogger:
             return
         path = out / "metrics.jsonl"
         if path.exists():  # resuming: drop lines logged after the checkpoint being resumed
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+            kept = [line for line in path.read_text().splitlines() if logged_step(line, path) <= start_step]
             path.write_text("".join(line + "\n" for line in kept))
         self.file = open(path, "a")  # noqa: SIM115 - open for the whole run
-        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        self.writer = tensorboard_writer(out / "tensorboard", start_step, tensorboard)
 
     def due(self, step: int, last_of_epoch: bool) -> bool:
         return step % self.every == 0 or last_of_epoch
@@ -48,7 +76,7 @@ class MetricsLogger:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         for key, value in row.items():
-            if key not in ("step", "epoch", "elapsed_s"):
+            if self.writer is not None and key not in ("step", "epoch", "elapsed_s"):
                 self.writer.add_scalar(f"train/{key}", value, step)
         postfix = {"loss": f"{values['loss']:.4f}", "lr": f"{values['lr']:.3g}", "img_s": f"{rate:.0f}"}
         if "knn" in values:
@@ -62,7 +90,8 @@ class MetricsLogger:
         self.bar.close()
         if self.enabled:
             self.file.close()
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

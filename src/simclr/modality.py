@@ -79,6 +79,7 @@ class Modality(Protocol):
     # sentence embeddings); "small" does so for small sets only; "train" never.
     pretrain_default: str
     optimizer: str  # what `optim.name=auto` picks: lars, or adamw (Transformers from scratch)
+    min_schedule: tuple[int, int]  # a default run's least (epochs, optimizer steps): simclr.schedule
 
     def validate(self, cfg: Config) -> None: ...
     def claims(self, path: Path) -> bool: ...

@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from simclr.checkpoint import load_checkpoint
@@ -77,6 +80,37 @@ class Run:
         from simclr.experiment import load_datasets
 
         return load_datasets(cfg or self.cfg, self.modality, source, eval_source, self.input_shape, self.dir)
+
+
+    def embed(self, data: Any, batch_size: int = 256, device: str | None = None) -> torch.Tensor:
+        """h = f(x), (N, d) float32 on the CPU, for a path (read as `simclr embed` reads it) or
+        in-memory inputs (an array, tensor or Dataset: see `simclr.api`), prepared as in training."""
+        from simclr.api import as_source
+        from simclr.device import resolve_device
+        from simclr.evaluate import extract_features
+
+        with tempfile.TemporaryDirectory() as folder:
+            inputs = self.load(as_source(data, None, Path(folder))).inputs
+        target = resolve_device(device or self.cfg.device)
+        return extract_features(self.encoder.to(target), inputs, batch_size, target)
+
+    def evaluate(self, data: str | None = None, eval_data: str | None = None, **settings: Any
+                 ) -> dict[str, dict[str, float]]:
+        """`simclr eval`: the evaluation suite on the run's own data (or `data`, `eval_data`);
+        writes eval.json and returns results[encoder][metric]. `settings`: evaluation keys,
+        e.g. eval_finetune=False."""
+        from simclr.api import flatten
+        from simclr.device import resolve_device
+
+        cfg = self.config([f"{key}={json.dumps(value)}" for key, value in flatten(settings).items()])
+        train_data, test_data = self.datasets(cfg, data, eval_data)
+        return self.modality.evaluate(self, cfg, train_data, test_data, resolve_device(cfg.device))
+
+    def export(self, fmt: str = "safetensors", out: str | Path | None = None) -> Path:
+        """`simclr export`: the encoder as safetensors, a torchvision state dict or ONNX."""
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        return self.modality.export(self, fmt, Path(out) if out is not None else None)
 
 
 def _local(cfg: Config) -> Config:

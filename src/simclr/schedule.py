@@ -62,9 +62,9 @@ def default_batch(samples: int, world: int = 1) -> int:
     return max(world, batch - batch % world)
 
 
-def default_epochs(steps_per_epoch: int) -> int:
-    """At least MIN_EPOCHS, and at least MIN_STEPS optimizer steps."""
-    return max(MIN_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+def default_epochs(steps_per_epoch: int, floor: tuple[int, int] = (MIN_EPOCHS, MIN_STEPS)) -> int:
+    """At least `floor` = (epochs, optimizer steps): by default MIN_EPOCHS and MIN_STEPS."""
+    return max(floor[0], math.ceil(floor[1] / steps_per_epoch))
 
 
 def default_warmup(steps_per_epoch: int, total_steps: int) -> int:
@@ -132,10 +132,12 @@ def optimizer_settings(o: OptimConfig, preferred: str) -> OptimConfig:
 
 
 def plan(cfg: Config, samples: int, world: int = 1, seconds_per_step: float | None = None,
-         budget_s: float | None = None, batch_why: str | None = None) -> Schedule:
+         budget_s: float | None = None, batch_why: str | None = None,
+         floor: tuple[int, int] = (MIN_EPOCHS, MIN_STEPS)) -> Schedule:
     """The run's schedule for `samples` pretraining inputs. `cfg.optim` must be resolved
     (`optimizer_settings`); with `seconds_per_step` the epochs are what fits in `budget_s`.
-    `batch_why`: why the batch is what it is, when `cfg.batch_size` was already chosen."""
+    `batch_why`: why the batch is what it is, when `cfg.batch_size` was already chosen.
+    `floor`: the modality's least (epochs, steps) of a default run (`Modality.min_schedule`)."""
     o = cfg.optim
     assert o.lr is not None, "resolve the optimizer's defaults first"
     batch = cfg.batch_size or default_batch(samples, world)
@@ -148,8 +150,8 @@ def plan(cfg: Config, samples: int, world: int = 1, seconds_per_step: float | No
         epochs = budget_epochs(budget_s, seconds_per_step, steps_per_epoch)
         why = f"what fits in {cfg.time_budget} at {seconds_per_step:.3g} s a step, measured here"
     else:
-        epochs = default_epochs(steps_per_epoch)
-        why = f"at least {MIN_EPOCHS} epochs and {MIN_STEPS:,} steps"
+        epochs = default_epochs(steps_per_epoch, floor)
+        why = f"at least {floor[0]} epochs and {floor[1]:,} steps"
     total = epochs * steps_per_epoch
     warmup = default_warmup(steps_per_epoch, total) if o.warmup_steps is None else o.warmup_steps
     if batch_why is None:

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from simclr import dist
 from simclr.augment import ImageAugment, two_views
-from simclr.checkpoint import restore_rng, rng_state, save_encoder, save_training_checkpoint
+from simclr.checkpoint import remove_temporaries, restore_rng, rng_state, save_encoder, save_training_checkpoint
 from simclr.compiled import CompiledStep
 from simclr.config import Config, save_config
 from simclr.data.prefetch import Prefetcher, place
@@ -33,42 +33,55 @@ from simclr.device import resolve_device, use_bf16
 from simclr.errors import UserError
 from simclr.evaluate import knn_monitor
 from simclr.experiment import evaluate_encoder, gather_eval_features, input_shape_of, load_datasets
+from simclr.extras import wanted
 from simclr.global_bn import to_global_batchnorm
 from simclr.loss import nt_xent
 from simclr.metrics import MetricsLogger
 from simclr.modality import Augment, Modality, Objective, resolve, trainer_of
 from simclr.model import SimCLR, build_model
 from simclr.optim import build_optimizer, lr_at, set_lr
-from simclr.report import build_report
 from simclr.schedule import Schedule, optimizer_settings, parse_duration, plan, pretrain_on
 from simclr.signals import SignalGuard
 
 log = logging.getLogger("simclr")
 
 
-def make_run_dir(cfg: Config) -> Path:
-    """Rank 0 names and creates the run directory (checked writable); every rank gets its path."""
+def run_dir_name(cfg: Config) -> Path:
+    """The run directory: `out`, or runs/<data>-<time> as rank 0 names it (every rank gets its path)."""
     out = Path(cfg.out) if cfg.out else Path("runs") / f"{Path(cfg.data.source).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    out = Path(dist.broadcast_object(str(out)))
-    if dist.is_main_process():
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise UserError(f"cannot write to output directory {out}: {e.strerror or e}") from None
-    return out
+    return Path(dist.broadcast_object(str(out)))
+
+
+def make_run_dir(out: Path, model: nn.Module, keep: int) -> None:
+    """Create the run directory, with room for the checkpoints and checked writable. Rank 0
+    only (`dist.main_only`): it writes everything, and a node-local `out` exists on its node alone."""
+    check_free_space(out, model, keep)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {out}: {e.strerror or e}") from None
 
 
 def check_free_space(out: Path, model: nn.Module, keep: int) -> None:
     """Refuse to start when the disk cannot hold the checkpoints (weights + optimizer state,
-    the kept ones plus the one being written), rather than fail hours later."""
+    the kept ones plus the one being written), rather than fail hours later. `out` need not
+    exist yet: the disk is its nearest existing parent's."""
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     needed = 3 * weights * (keep + 1)  # model, momentum buffers, slack for pickling
-    free = shutil.disk_usage(out).free
+    free = shutil.disk_usage(existing_ancestor(out)).free
     if free < needed:
         raise UserError(f"{out} has {free / 2**20:.0f} MiB free; checkpoints need about {needed / 2**20:.0f} MiB")
+
+
+def existing_ancestor(path: Path) -> Path:
+    """`path` itself or its nearest parent that exists."""
+    path = path.absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 @dataclass
@@ -114,9 +127,9 @@ def setup(cfg: Config) -> Training:
     inputs = train_data.inputs
     if cfg.data.pretrain_on == "all" and test_data is not None:  # held-out inputs, never their labels
         inputs = concat(inputs, test_data.inputs)
-    schedule = plan(cfg, len(inputs), world)  # before the run directory: too few inputs leaves nothing
+    schedule = plan(cfg, len(inputs), world, floor=modality.min_schedule)  # before the run directory
     cfg = replace(cfg, batch_size=schedule.batch_size)
-    out = make_run_dir(cfg)
+    out = run_dir_name(cfg)
     shape = input_shape_of(train_data)
     own = trainer_of(modality)  # paired data brings its own network and loss
     if own is not None:
@@ -133,7 +146,6 @@ def setup(cfg: Config) -> Training:
         if cfg.sync_batchnorm:  # the paper's global BN: statistics over the whole global batch
             model = to_global_batchnorm(model, cuda=device.type == "cuda")  # type: ignore[assignment]
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    check_free_space(out, model, cfg.keep_checkpoints)
     o = cfg.optim
     assert o.weight_decay is not None  # optimizer_settings chose it
     optimizer = build_optimizer(model, o.name, schedule.peak_lr, o.weight_decay, o.momentum)
@@ -144,13 +156,16 @@ def setup(cfg: Config) -> Training:
                                 fullgraph=world == 1)
     elif cfg.compile:  # `model` stays the plain module: checkpoints and evaluation use it
         net = torch.compile(net, mode=cfg.compile_mode)  # type: ignore[assignment]
+    objective = own.objective(cfg, model, train_data, device) if own is not None else None
+    # Last, once nothing above refused the run: a refused run leaves no directory behind.
+    dist.main_only(lambda: make_run_dir(out, model, cfg.keep_checkpoints))
     return Training(
         replace(cfg, epochs=schedule.epochs), out, device, modality, train_data, test_data, inputs, model, net,
         augment, optimizer, schedule,
         local_batch=schedule.batch_size // world,
         channels_last=channels_last,
         bf16=bf16,
-        objective=own.objective(cfg, model, train_data, device) if own is not None else None,
+        objective=objective,
         compiled=compiled,
     )
 
@@ -338,11 +353,14 @@ def monitor_knn(run: Training, images: torch.Tensor | Rows) -> float:
 
 
 def save(run: Training, progress: Progress, aug_gen: torch.Generator) -> None:
-    """Rank 0 writes the checkpoint, with every rank's augmentation generator state."""
+    """Rank 0 writes the checkpoint, with every rank's augmentation generator state; if it
+    cannot, every rank stops with its error."""
     aug_states = dist.all_gather_objects(aug_gen.get_state())
-    if not dist.is_main_process():
-        return
-    state = {
+    dist.main_only(lambda: save_training_checkpoint(run.out, checkpoint_state(run, progress, aug_states), run.cfg))
+
+
+def checkpoint_state(run: Training, progress: Progress, aug_states: list[torch.Tensor]) -> dict[str, Any]:
+    return {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "progress": {"epoch": progress.epoch, "batch": progress.batch, "step": progress.step},
@@ -352,7 +370,6 @@ def save(run: Training, progress: Progress, aug_gen: torch.Generator) -> None:
         "modality": run.modality.name,
         "metrics": (run.out / "metrics.jsonl").read_text() if (run.out / "metrics.jsonl").exists() else "",
     }
-    save_training_checkpoint(run.out, state, run.cfg)
 
 
 def restore(run: Training, state: dict[str, Any], aug_gen: torch.Generator) -> Progress:
@@ -376,6 +393,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         run = sized_to_budget(run, images)
     cfg = run.cfg  # the settings chosen for this data and machine
     if main:
+        remove_temporaries(run.out)  # what writes of a killed run left
         log.info("%s", run.schedule.why)
         save_config(cfg, run.out / "config.yaml", comment=run.schedule.why)
         # Both parts of a split source carry the source's list: name each file once.
@@ -395,10 +413,12 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
              cfg.batch_size, progress.step, run.schedule.total_steps)
     log.info("precision %s%s", "bf16 autocast (the loss and weights in float32)" if run.bf16 else "float32",
              f" (precision={cfg.precision})" if cfg.precision == "auto" else "")
+    report = wanted("report", cfg.report)  # now: a missing [report] extra asked for stops before training
     metrics = run.out / "metrics.jsonl"
     if main and resume_state is not None and not metrics.exists():  # the run directory lost it
         metrics.write_text(resume_state.get("metrics", ""))
-    logger = MetricsLogger(run.out, cfg.log_every, run.schedule.total_steps, progress.step, enabled=main)
+    logger = MetricsLogger(run.out, cfg.log_every, run.schedule.total_steps, progress.step, enabled=main,
+                           tensorboard=cfg.tensorboard)
     try:
         with SignalGuard() as guard:
             while progress.epoch < run.schedule.epochs:
@@ -430,7 +450,9 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
             cfg, run.modality, run.model.encoder, run.train_data, run.test_data, run.device, run.out, features=features,
             head=run.model.head,
         )
-    if cfg.report:
+    if report:
+        from simclr.report import build_report  # matplotlib: the [report] extra
+
         shown = run.test_data if run.test_data is not None else run.train_data
         build_report(run.out, run.model.encoder, shown, run.augment, run.device, cfg.seed,
                      gallery=run.modality.gallery)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tarfile
 import urllib.error
 import urllib.request
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from simclr.env import env_dir
 from simclr.errors import UserError
 
 log = logging.getLogger("simclr")
@@ -71,8 +71,7 @@ NAMES = ("digits", *REMOTE)
 
 def default_root() -> Path:
     """$SIMCLR_DATA, else ~/.local/share/simclr/datasets."""
-    env = os.environ.get("SIMCLR_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "simclr" / "datasets"
+    return env_dir("SIMCLR_DATA") or Path.home() / ".local" / "share" / "simclr" / "datasets"
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:

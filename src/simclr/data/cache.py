@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import PIL
 
+from simclr.env import env_dir
 from simclr.errors import UserError
 
 try:
@@ -67,8 +68,7 @@ def reserve_rows(images: np.ndarray, start: int, stop: int) -> None:
 
 def default_cache_dir() -> Path:
     """$SIMCLR_CACHE, else ~/.cache/simclr."""
-    env = os.environ.get("SIMCLR_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "simclr"
+    return env_dir("SIMCLR_CACHE") or Path.home() / ".cache" / "simclr"
 
 
 def cache_root(cache_dir: str | Path | None) -> Path:

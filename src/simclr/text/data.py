@@ -22,6 +22,7 @@ import torch
 
 from simclr.data.columns import LABEL_COLUMNS, pick_column
 from simclr.errors import UserError
+from simclr.extras import require
 
 PAD, UNK, MASK = 0, 1, 2
 SPECIAL = ["[PAD]", "[UNK]", "[MASK]"]
@@ -115,24 +116,21 @@ def read_texts(
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     """A lower-cased WordPiece vocabulary learned from `texts` (no download)."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import WordPiece
-    from tokenizers.trainers import WordPieceTrainer
-
-    tokenizer = Tokenizer(WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL, show_progress=False)
+    tokenizers = require("text")
+    models, trainers = require("text", "tokenizers.models"), require("text", "tokenizers.trainers")
+    tokenizer = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL,
+                                        show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
     return tokenizer
 
 
 def load_tokenizer(path: Path) -> Any:
-    from tokenizers import Tokenizer
-
     if not path.is_file():
         raise UserError(f"{path} is missing: the text encoder needs the tokenizer saved with its run")
-    return Tokenizer.from_file(str(path))
+    return require("text").Tokenizer.from_file(str(path))
 
 
 def encode(tokenizer: Any, texts: list[str], length: int | None, max_length: int) -> torch.Tensor:

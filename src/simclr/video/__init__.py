@@ -1,5 +1,5 @@
 """The video modality: a folder of video files (class subfolders give labels) decoded with PyAV
-(an optional dependency: `pip install simclr[video]`) into uint8 videos (N, F, C, S, S); two
+(an optional dependency: `pip install 'simclr-torch[video]'`) into uint8 videos (N, F, C, S, S); two
 views are clips of T frames from different times of the same video, each with one draw of the
 image recipe for all its frames; 3-D ResNets or a frame-pooled image encoder; raw pixels of the
 central clip as the baseline. Moving-MNIST-style clips rendered from real digits serve the tests

@@ -13,14 +13,11 @@ import torch
 
 from simclr.data.imagedata import fit_uint8
 from simclr.errors import UserError
+from simclr.extras import require
 
 
 def _av() -> Any:
-    try:
-        import av
-    except ImportError:
-        raise UserError("video needs PyAV: pip install 'simclr[video]' (or pip install av)") from None
-    return av
+    return require("video")
 
 
 def read_video(
