@@ -126,11 +126,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def save_encoder(path: Path, encoder: torch.nn.Module) -> None:
-    """The encoder's state dict as safetensors (shared storage made contiguous copies)."""
+def save_encoder(path: Path, encoder: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+    """The encoder's state dict as safetensors (shared storage made contiguous copies), with
+    `metadata` in its header (simclr.export.encoder_metadata)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
     try:
-        atomic_write(path, lambda p: save_file(tensors, str(p)))
+        atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
     except WRITE_ERRORS as e:
         raise UserError(f"cannot write {path}: {write_failure(e)}") from None
 

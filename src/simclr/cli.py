@@ -20,12 +20,25 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="simclr", description="SimCLR contrastive self-supervised learning.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+# The keys each command's --help lists (all of them: `simclr config`).
+TRAIN_KEYS = ["model.encoder", "temperature", "optim.name", "optim.lr", "augment.recipe", "augment.min_scale",
+              "data.image_size", "data.modality", "data.pretrain_on", "device", "precision", "threads"]
+EVAL_KEYS = ["eval_knn_k", "eval_few_shot", "eval_finetune", "eval_finetune_from"]
 
-    train = sub.add_parser("train", help="pretrain an encoder (default data: scikit-learn digits)")
-    train.add_argument("--config", help="a YAML recipe; flags and key=value overrides apply on top")
+
+def build_parser() -> argparse.ArgumentParser:
+    from simclr import __version__
+    from simclr.reference import epilog
+
+    parser = _Parser(prog="simclr", description="SimCLR contrastive self-supervised learning.")
+    parser.add_argument("--version", action="version", version=f"simclr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    keyed = {"formatter_class": argparse.RawDescriptionHelpFormatter}
+
+    train = sub.add_parser("train", help="pretrain an encoder (default data: scikit-learn digits)",
+                           epilog=epilog(TRAIN_KEYS), **keyed)
+    train.add_argument("--config", help="a YAML file or a shipped recipe (cifar10, imagenet, series, text); "
+                       "flags and key=value overrides apply on top")
     train.add_argument("--data", help="a built-in name (digits, mnist, cifar10, ...) or a path: images (folder, "
                        "zip/tar, npz), time series (.ts, a folder of _TRAIN/_TEST .ts, numeric .csv) or text "
                        "(.txt, .csv/.tsv/.jsonl with a text column), video (a folder of video files) or "
@@ -43,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. temperature=0.2 model.encoder=resnet18")
 
-    evaluate = sub.add_parser("eval", help="evaluate a run's final encoder against baselines")
+    evaluate = sub.add_parser("eval", help="evaluate a run's final encoder against baselines",
+                              epilog=epilog(EVAL_KEYS), **keyed)
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--data", help="labelled data (default: the run's own data and held-out split)")
     evaluate.add_argument("--eval-data", help="a separate labelled test set; --data (or the run's) trains the probes")
@@ -75,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--format", choices=("torchvision", "safetensors", "onnx"), default="torchvision")
     export.add_argument("--out", help="output file (default RUN_DIR/encoder.<format ext>)")
+
+    config = sub.add_parser("config", help="every config key with its default, type and help")
+    config.add_argument("prefix", nargs="?", default="", help="only the keys that start with this, e.g. optim")
     return parser
 
 
@@ -126,6 +143,7 @@ def warn_if_beaten(results: dict[str, dict[str, float]], run_dir: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from simclr.card import write_model_card
     from simclr.device import resolve_device
     from simclr.metrics import format_table
     from simclr.run import Run
@@ -135,6 +153,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     train_data, test_data = run.datasets(cfg, args.data, args.eval_data)
     results = run.modality.evaluate(run, cfg, train_data, test_data, resolve_device(cfg.device))
     log.info("evaluation (%s):\n%s", run.dir / "eval.json", format_table(results))
+    if (run.dir / "config.yaml").is_file():  # the card shows the new table
+        write_model_card(run.dir, run.modality.name, run.input_shape, resolve_device(cfg.device))
     warn_if_beaten(results, run.dir)
 
 
@@ -205,6 +225,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     log.info("wrote %s", run.modality.export(run, args.format, out))
 
 
+def cmd_config(args: argparse.Namespace) -> None:
+    from simclr.reference import keys, render
+
+    found = [k for k in keys() if k.name.startswith(args.prefix)]
+    if not found:
+        raise UserError(f"no config key starts with {args.prefix!r}")
+    print(render(found))
+
+
 def in_made_folder(path: Path) -> Path:
     """`path`, its folder created if missing (an --out in a folder not made yet)."""
     try:
@@ -216,7 +245,7 @@ def in_made_folder(path: Path) -> Path:
 
 COMMANDS = {
     "train": cmd_train, "eval": cmd_eval, "embed": cmd_embed, "report": cmd_report, "export": cmd_export,
-    "distill": cmd_distill,
+    "distill": cmd_distill, "config": cmd_config,
 }
 
 
@@ -236,7 +265,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     # Under torchrun only rank 0 reports progress; the others speak only of problems.
     quiet = os.environ.get("RANK", "0") != "0"
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # simclr's own lines at INFO; other libraries (the ONNX exporter's passes...) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
     try:
         args = parse(argv)
         COMMANDS[args.command](args)

@@ -65,10 +65,10 @@ class AugmentConfig:
     # or less, else imagenet. On one channel the jitter is brightness and contrast only.
     recipe: str = "auto"
     min_scale: float | None = None  # crop area fraction ~ U(min_scale, 1); None: from the recipe
-    flip_prob: float = 0.5
+    flip_prob: float = 0.5  # horizontal flip probability of each view
     color_jitter_strength: float | None = None  # None: from the recipe
-    color_jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
+    color_jitter_prob: float = 0.8  # probability of colour jitter (brightness, contrast, saturation, hue)
+    grayscale_prob: float = 0.2  # probability of dropping colour (3-channel images)
     blur_prob: float | None = None  # None: from the recipe
 
 
@@ -77,7 +77,7 @@ class ModelConfig:
     encoder: str = "small_cnn"  # small_cnn, resnet18, resnet34, resnet50
     cifar_stem: bool | None = None  # None: on for images of 64 px or less
     head_version: int = 1  # 1: 2-layer MLP (SimCLR); 2: 3 layers with BN (SimCLRv2)
-    proj_dim: int = 128
+    proj_dim: int = 128  # the projection z = g(h) the loss sees
 
 
 @dataclass
@@ -89,8 +89,8 @@ class OptimConfig:
     name: str = "auto"
     lr: float | None = None  # base learning rate, scaled by the batch size (see lr_scaling)
     lr_scaling: str = "auto"  # linear: lr*batch/256; sqrt: lr*sqrt(batch); none
-    weight_decay: float | None = None
-    momentum: float = 0.9
+    weight_decay: float | None = None  # None: the optimizer's default (LARS/SGD 1e-6, AdamW 0.01)
+    momentum: float = 0.9  # LARS and SGD
     # Linear warm-up; None: the paper's 10 epochs, at most a tenth of the run.
     warmup_steps: int | None = None
 
@@ -106,9 +106,9 @@ class DistillConfig:
     temperature: float = 1.0  # τ of both softmaxes in the distillation loss (SimCLRv2 uses 1)
     labeled_weight: float = 0.0  # w in (1 − w)·L_distill + w·L_labelled (SimCLRv2's 1 − α)
     epochs: int = 10  # passes over the unlabelled images
-    batch_size: int = 128
+    batch_size: int = 128  # the student's batch
     lr: float = 0.1  # peak, SGD with Nesterov momentum, cosine decay per step
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # the student's
 
 
 @dataclass
@@ -126,14 +126,14 @@ class Config:
     # on this machine before the run starts (needs epochs unset).
     time_budget: str | None = None
     temperature: float = 0.2  # the paper's range is 0.1-1; 0.2 measured best at small batches
-    seed: int = 0
+    seed: int = 0  # weights, data order, augmentations and the evaluation split
     device: str = "auto"  # auto: cuda when available, else cpu
     out: str | None = None  # run directory; None: runs/<data>-<time>
     log_every: int = 10  # steps between metrics.jsonl lines
     checkpoint_every: int = 500  # steps between checkpoints (0: only at epoch ends)
     keep_checkpoints: int = 2  # checkpoint.pt plus this many minus one older ones
-    eval_knn_k: int = 200
-    eval_few_shot: int = 5
+    eval_knn_k: int = 200  # neighbours of the weighted kNN (at most the training labels)
+    eval_few_shot: int = 5  # labels per class of the few-shot probe (the mean over 5 draws)
     eval_every: int = 10  # epochs between kNN monitor values (needs labels; 0: off)
     eval_finetune: bool = True  # fine-tune on 1% / 10% of the labels in the final evaluation
     # Where fine-tuning starts: h (the encoder's output) and/or head<k>, the encoder plus the

@@ -185,12 +185,13 @@ class SingleEncoder:
         return f"wrote {len(data)} embeddings to {path}"
 
     def export(self, run: Run, fmt: str, out: Path | None) -> Path:
-        from simclr.export import export_encoder
+        from simclr.export import encoder_metadata, export_encoder
 
         if fmt not in self.export_formats:
             raise UserError(f"--format {fmt} is not for {self.name} encoders; they export as "
                             f"{' or '.join(self.export_formats)} (simclr.Run.open(RUN_DIR).encoder rebuilds one)")
-        return export_encoder(run.encoder, run.input_shape, fmt, out or run.dir / f"encoder.{EXTENSIONS[fmt]}")
+        return export_encoder(run.encoder, run.input_shape, fmt, out or run.dir / f"encoder.{EXTENSIONS[fmt]}",
+                              encoder_metadata(run.cfg, self.name, run.input_shape))
 
 
 EXTENSIONS = {"torchvision": "pt", "safetensors": "safetensors", "onnx": "onnx"}

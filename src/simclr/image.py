@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,22 +22,29 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def build_augment(cfg: AugmentConfig, image_size: int, compiled: bool = False) -> ImageAugment:
-    """The paper's recipe, or its CIFAR variant for small images (colour strength 0.5, no blur,
-    crops of at least 20 % of the area: on 32 px, 8 % is a 9-pixel square); `compiled`: the
-    crop, jitter and blur fused by torch.compile (the run's `compile=true`)."""
+def resolved_recipe(cfg: AugmentConfig, image_size: int) -> AugmentConfig:
+    """`cfg` with "auto" and None filled in: the paper's recipe, or its CIFAR variant for small
+    images (colour strength 0.5, no blur, crops of at least 20 % of the area: on 32 px, 8 % is
+    a 9-pixel square)."""
     recipe = cfg.recipe
     if recipe == "auto":
         recipe = "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
     strength, blur, min_scale = (0.5, 0.0, 0.2) if recipe == "cifar" else (1.0, 0.5, 0.08)
-    return ImageAugment(
-        size=image_size,
-        min_scale=min_scale if cfg.min_scale is None else cfg.min_scale,
-        flip_prob=cfg.flip_prob,
+    return replace(
+        cfg, recipe=recipe, min_scale=min_scale if cfg.min_scale is None else cfg.min_scale,
         color_jitter_strength=strength if cfg.color_jitter_strength is None else cfg.color_jitter_strength,
-        color_jitter_prob=cfg.color_jitter_prob,
-        grayscale_prob=cfg.grayscale_prob,
         blur_prob=blur if cfg.blur_prob is None else cfg.blur_prob,
+    )
+
+
+def build_augment(cfg: AugmentConfig, image_size: int, compiled: bool = False) -> ImageAugment:
+    """The recipe's augmentation (`resolved_recipe`); `compiled`: the crop, jitter and blur fused
+    by torch.compile (the run's `compile=true`)."""
+    r = resolved_recipe(cfg, image_size)
+    assert r.min_scale is not None and r.color_jitter_strength is not None and r.blur_prob is not None
+    return ImageAugment(
+        size=image_size, min_scale=r.min_scale, flip_prob=r.flip_prob, color_jitter_strength=r.color_jitter_strength,
+        color_jitter_prob=r.color_jitter_prob, grayscale_prob=r.grayscale_prob, blur_prob=r.blur_prob,
         compiled=compiled,
     )
 

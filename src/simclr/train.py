@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from simclr import dist
 from simclr.augment import ImageAugment, two_views
+from simclr.card import write_model_card
 from simclr.checkpoint import remove_temporaries, restore_rng, rng_state, save_encoder, save_training_checkpoint
 from simclr.compiled import CompiledStep
 from simclr.config import Config, save_config
@@ -33,6 +34,7 @@ from simclr.device import resolve_device, use_bf16
 from simclr.errors import UserError
 from simclr.evaluate import knn_monitor
 from simclr.experiment import evaluate_encoder, gather_eval_features, input_shape_of, load_datasets
+from simclr.export import encoder_metadata
 from simclr.extras import wanted
 from simclr.global_bn import to_global_batchnorm
 from simclr.loss import nt_xent
@@ -440,7 +442,8 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
     dist.shutdown()
     if not main:
         return run.out, None
-    save_encoder(run.out / "encoder.safetensors", run.model.encoder)
+    save_encoder(run.out / "encoder.safetensors", run.model.encoder,
+                 encoder_metadata(cfg, run.modality.name, input_shape_of(run.train_data)))
     results = None
     if own is not None:  # e.g. paired data: retrieval, zero-shot and the image probes
         results = own.evaluate_trained(cfg, run.model, run.train_data, run.test_data, run.device, run.out)
@@ -457,4 +460,5 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> tuple[Path
         build_report(run.out, run.model.encoder, shown, run.augment, run.device, cfg.seed,
                      gallery=run.modality.gallery)
         log.info("report: %s", run.out / "report.html")
+    write_model_card(run.out, run.modality.name, input_shape_of(run.train_data), run.device)
     return run.out, results

@@ -29,7 +29,7 @@ class PairedConfig:
     learn_temperature: bool = True  # tau = exp(-s), s learned, tau clamped >= min_temperature
     min_temperature: float = 0.01  # CLIP's clamp (1/tau <= 100)
     prompts: bool = True  # labelled source: captions from `templates`; off: the bare class name
-    templates: list[str] = field(default_factory=lambda: list(PROMPT_TEMPLATES))
+    templates: list[str] = field(default_factory=lambda: list(PROMPT_TEMPLATES))  # {} is the class name
     heldout_fraction: float = 0.1  # pairs kept out of training for retrieval / zero-shot, seeded
     text_augment: bool = False  # the text augmentation (text.crop_min, ...) on captions
     image_column: str | None = None  # manifest; None: image / image_path / file / filename / path

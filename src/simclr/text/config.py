@@ -14,7 +14,7 @@ class TextConfig:
     encoder: str = "transformer"  # transformer, gru, lstm (the Transformer is the faster on a CPU)
     width: int = 128  # hidden size (and token embedding size)
     layers: int = 1  # recurrent / Transformer layers
-    bidirectional: bool = True
+    bidirectional: bool = True  # GRU and LSTM encoders read both ways
     dropout: float = 0.1  # in the encoder; two passes differ by it (SimCSE's dropout views)
     vocab_size: int = 8000  # word pieces, learned from the corpus (Hugging Face tokenizers)
     max_length: int = 64  # tokens kept per text: 90 % of SMS and of AG News texts are shorter than 72
