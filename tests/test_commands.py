@@ -9,6 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file
+from sklearn.neighbors import KNeighborsClassifier
+
+from simclr.config import load_config
+from simclr.evaluate import extract_features
+from simclr.experiment import load_datasets
+from simclr.modality import get
+from simclr.model import build_encoder
 
 
 def simclr(*args: str) -> subprocess.CompletedProcess[str]:
@@ -27,19 +35,33 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_monitor_logs_knn_each_epoch(run: Path) -> None:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     knn = [r["knn"] for r in rows if "knn" in r]
-    assert len(knn) == 2 and all(0 < v <= 1 for v in knn)  # one per epoch (eval_every=1)
+    assert len(knn) == 2  # one per epoch (eval_every=1)
+    # The last one is of the final encoder on the held-out set, as the evaluation's kNN (same k,
+    # same split): equal, within one of the 899 test images (a tie broken the other way).
+    final = json.loads((run / "eval.json").read_text())["simclr"]["knn"]
+    assert knn[-1] == pytest.approx(final, abs=1.01 / 899)
+
+
+FROZEN = ("linear", "knn", "few_shot_5", "linear_1pct", "linear_10pct")
 
 
 def test_eval_writes_all_rows(run: Path) -> None:
+    trained = json.loads((run / "eval.json").read_text())  # the evaluation at the end of training
     result = simclr("eval", str(run))
     assert result.returncode == 0, result.stderr
     data = json.loads((run / "eval.json").read_text())
     assert {"simclr", "random_init", "raw_pixels", "supervised", "notes"} <= data.keys()
+    # `simclr eval` loads the run's encoder and split: every frozen-feature metric as training
+    # computed it (seeded probes, the same features).
     for name in ("simclr", "random_init", "raw_pixels"):
-        for metric in ("linear", "knn", "few_shot_5", "linear_1pct", "linear_10pct"):
-            assert 0 <= data[name][metric] <= 1
-    assert 0 <= data["simclr"]["finetune_10pct"] <= 1 and 0 <= data["supervised"]["finetune_10pct"] <= 1
-    assert data["raw_pixels"]["finetune_10pct"] is None
+        for metric in FROZEN:
+            assert data[name][metric] == pytest.approx(trained[name][metric], abs=1e-9), (name, metric)
+    # ...plus the fine-tuning rows training skipped (eval_finetune=false): there, and only for
+    # the networks that are fine-tuned.
+    assert trained["simclr"]["finetune_10pct"] is None
+    assert isinstance(data["simclr"]["finetune_10pct"], float)
+    assert isinstance(data["supervised"]["finetune_10pct"], float)
+    assert data["raw_pixels"]["finetune_10pct"] is None and data["random_init"]["finetune_10pct"] is None
 
 
 def test_eval_with_separate_eval_data(run: Path, tmp_path: Path) -> None:
@@ -52,7 +74,22 @@ def test_eval_with_separate_eval_data(run: Path, tmp_path: Path) -> None:
     result = simclr("eval", str(run), "--data", str(tmp_path / "train.npz"), "--eval-data", str(tmp_path / "test.npz"),
                     "--no-finetune")
     assert result.returncode == 0, result.stderr
-    assert 0.5 < json.loads((run / "eval.json").read_text())["simclr"]["linear"] <= 1
+    data = json.loads((run / "eval.json").read_text())
+    # Scored on the 797 images of test.npz, probes fit on train.npz: the kNN equals
+    # scikit-learn's on those two files' pixels (resized to the run's 16 px) and on the trained
+    # encoder's features of them.
+    cfg = load_config(run / "config.yaml")
+    train, test = load_datasets(cfg, get("image"), str(tmp_path / "train.npz"), str(tmp_path / "test.npz"),
+                                input_shape=[1, 16, 16])
+    assert len(train) == 1000 and test is not None and len(test) == 797
+    encoder = build_encoder("small_cnn", in_channels=1, image_size=16)
+    encoder.load_state_dict(load_file(str(run / "encoder.safetensors")), strict=True)
+    features = {"simclr": (extract_features(encoder, train.inputs), extract_features(encoder, test.inputs)),
+                "raw_pixels": (train.inputs.flatten(1).float() / 255, test.inputs.flatten(1).float() / 255)}
+    for name, (xtr, xte) in features.items():
+        knn = KNeighborsClassifier(200, metric="cosine", algorithm="brute", weights=lambda d: np.exp((1 - d) / 0.1))
+        expected = knn.fit(xtr.numpy(), d.target[:1000]).score(xte.numpy(), d.target[1000:])
+        assert data[name]["knn"] == pytest.approx(expected, abs=1.01 / 797), name
 
 
 def test_embed_opens_in_one_line(run: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from simclr import ImageAugment, build_model, build_optimizer
 from simclr.augment_fused import PLAIN, draw_view, view_pixels
 from simclr.compiled import CompiledStep
 from simclr.optim import set_lr
-from simclr.train import train_step
+from simclr.training import train_step
 
 # Graph breaks and recompiles are Dynamo's, whatever backend runs the graphs: aot_eager traces
 # the forward and backward like inductor without generating code (seconds instead of a minute).

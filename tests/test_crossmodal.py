@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from simclr.crossmodal import LearnedTemperature, cross_modal_loss
 from simclr.model import ProjectionHead
 from simclr.paired.model import PairedModel
-from simclr.train import update
+from simclr.training import update
 
 WORLD, B, D = 2, 5, 8
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
 from simclr.data import ImageData
@@ -24,6 +25,7 @@ from simclr.evaluate import (
     knn_monitor,
     load_eval,
     save_eval,
+    seeded,
 )
 from simclr.finetune import FinetuneSettings
 from simclr.model import SmallCNN
@@ -32,13 +34,13 @@ CHEAP = FinetuneSettings(epochs=1, min_steps=3, batch_size=16)
 
 
 
-def toy_images(n_per_class: int = 30, classes: int = 4, size: int = 8, seed: int = 0) -> ImageData:
-    """Class c is a bright horizontal bar at row 2c (plus noise): easy, labelled, uint8."""
+def toy_images(n_per_class: int = 30, classes: int = 4, size: int = 8, seed: int = 0, bar: int = 250) -> ImageData:
+    """Class c is a bright horizontal bar at row 2c (plus noise in 0..59): easy, labelled, uint8."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(classes).repeat_interleave(n_per_class)
     images = torch.randint(0, 60, (len(labels), 1, size, size), generator=gen, dtype=torch.uint8)
     for i, c in enumerate(labels.tolist()):
-        images[i, 0, 2 * c % size] = 250
+        images[i, 0, 2 * c % size] = bar
     return ImageData(images, labels, "toy")
 
 
@@ -125,7 +127,7 @@ def test_a_class_too_small_for_its_share_is_noted() -> None:
 
 
 def test_suite_table_and_eval_json(tmp_path: Path) -> None:
-    data = toy_images()
+    data = toy_images(bar=75)  # a dim bar: the three rows' kNN differ (0.95, 0.967, 1.0)
     train, test = data.subset(np.arange(0, 120, 2)), data.subset(np.arange(1, 120, 2))
     results, notes = evaluate_suite(
         used_encoder(False), lambda: SmallCNN(1, width=8), train, test, seed=0, few_shot=5,
@@ -140,8 +142,24 @@ def test_suite_table_and_eval_json(tmp_path: Path) -> None:
                 (name == "supervised" and not metric.startswith("finetune"))
                 or (name in ("random_init", "raw_pixels") and metric.startswith("finetune"))
             )
-            assert math.isnan(value) if not_applicable else 0.0 <= value <= 1.0, (name, metric)
+            assert math.isnan(value) is not_applicable, (name, metric)
     assert results["raw_pixels"]["linear"] == 1.0  # the bars are linearly separable in pixels
+    # Each row's kNN is of its own features: scikit-learn's weighted kNN (k = 60, all the
+    # training examples; votes exp(cosine / 0.1)) on the trained encoder's, the seeded random
+    # one's and the pixels', which a row computed from the wrong features or labels would miss.
+    assert train.labels is not None and test.labels is not None
+    trained, random_init = used_encoder(False), seeded(lambda: SmallCNN(1, width=8), 0)
+    features = {
+        "simclr": (extract_features(trained, train.images), extract_features(trained, test.images)),
+        "random_init": (extract_features(random_init, train.images), extract_features(random_init, test.images)),
+        "raw_pixels": (train.images.flatten(1).float() / 255, test.images.flatten(1).float() / 255),
+    }
+    expected = {}
+    for name, (xtr, xte) in features.items():
+        knn = KNeighborsClassifier(60, metric="cosine", algorithm="brute", weights=lambda d: np.exp((1 - d) / 0.1))
+        expected[name] = knn.fit(xtr.numpy(), train.labels.numpy()).score(xte.numpy(), test.labels.numpy())
+        assert results[name]["knn"] == pytest.approx(expected[name], abs=1e-9), name
+    assert len(set(expected.values())) > 1  # the three rows tell their features apart
     assert any("one per class" in n for n in notes)  # 1% of 60 labels, 4 classes
     assert any("k lowered" in n for n in notes)  # 60 training examples < 200
 

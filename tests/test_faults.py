@@ -266,7 +266,7 @@ def test_a_full_disk_at_the_start_leaves_no_directory(tiny: Path, tmp_path: Path
     import shutil
 
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr("simclr.train.shutil.disk_usage", lambda p: usage._replace(free=1024))
+    monkeypatch.setattr("simclr.training.shutil.disk_usage", lambda p: usage._replace(free=1024))
     assert train(tiny, tmp_path / "runs" / "run", "--epochs", "1") == 2
     assert "MiB free" in one_error_line(capsys)
     assert not (tmp_path / "runs").exists()
@@ -277,7 +277,7 @@ def test_a_model_refused_at_setup_leaves_no_directory(tiny: Path, tmp_path: Path
     def refuse(*args: object, **kw: object) -> None:
         raise UserError("this encoder does not take these inputs")
 
-    monkeypatch.setattr("simclr.train.build_model", refuse)
+    monkeypatch.setattr("simclr.training.build_model", refuse)
     assert train(tiny, tmp_path / "run", "--epochs", "1") == 2
     assert "does not take" in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
@@ -287,7 +287,7 @@ def test_a_model_refused_at_setup_leaves_no_directory(tiny: Path, tmp_path: Path
 
 
 def test_free_space_is_checked_where_the_run_directory_will_be(tmp_path: Path) -> None:
-    from simclr.train import check_free_space
+    from simclr.training import check_free_space
 
     check_free_space(tmp_path / "node-local" / "not" / "made", SmallCNN(1, 8), keep=2)  # no FileNotFoundError
 
@@ -365,7 +365,7 @@ def test_other_ranks_wait_for_a_long_first_decode_and_share_its_error(tmp_path: 
 
 def _checkpoint_worker(rank: int, port: int, out: Path) -> None:
     from simclr import dist
-    from simclr.train import Progress, save
+    from simclr.training import Progress, save
 
     _join(rank, port, out, timeout_s=60)
     model = SmallCNN(1, 8)

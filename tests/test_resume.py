@@ -37,6 +37,12 @@ def logged_steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in lines if line.endswith("}")]
 
 
+def replay_seed() -> int:
+    """A fresh seed each run (any kill point must work), printed so that a failure can be
+    replayed with SIMCLR_TEST_SEED=<seed>."""
+    return int(os.environ.get("SIMCLR_TEST_SEED", random.randrange(2**32)))
+
+
 def last_step(run: Path) -> int:
     return (logged_steps(run) or [0])[-1]
 
@@ -45,7 +51,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert simclr("train", "--epochs", "2", "--out", str(full), *FAST).returncode == 0
 
-    kill_at = random.Random().randint(3, 24)  # of 28 steps; any step must work
+    seed = replay_seed()
+    kill_at = random.Random(seed).randint(3, 24)  # of 28 steps; any step must work
+    print(f"SIMCLR_TEST_SEED={seed}: SIGKILL at step {kill_at}")
     proc = subprocess.Popen([sys.executable, "-m", "simclr", "train", "--epochs", "2", "--out", str(killed), *FAST],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -62,7 +70,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
     a, b = load_file(str(full / "encoder.safetensors")), load_file(str(killed / "encoder.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after resuming from step ~{kill_at}"
+        assert torch.equal(a[k], b[k]), f"{k} differs after resuming from step ~{kill_at} (SIMCLR_TEST_SEED={seed})"
     head_a = load_checkpoint(full / "checkpoint.pt")["model"]
     head_b = load_checkpoint(killed / "checkpoint.pt")["model"]
     assert all(torch.equal(head_a[k], head_b[k]) for k in head_a)
@@ -125,7 +133,10 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_one(tmp_path: Path) 
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     proc.stdout.readline()  # one checkpoint exists
-    time.sleep(random.uniform(0.05, 0.5))  # then die at an arbitrary point of a later write
+    seed = replay_seed()
+    delay = random.Random(seed).uniform(0.05, 0.5)
+    print(f"SIMCLR_TEST_SEED={seed}: SIGKILL {delay:.3f} s after the first checkpoint")
+    time.sleep(delay)  # then die at an arbitrary point of a later write
     proc.kill()
     proc.wait()
     state = load_checkpoint(path)
@@ -236,7 +247,7 @@ def test_full_disk_is_refused_before_training(tmp_path: Path, monkeypatch: pytes
     from simclr import cli
 
     usage = shutil_module.disk_usage(tmp_path)
-    monkeypatch.setattr("simclr.train.shutil.disk_usage", lambda p: usage._replace(free=1024))
+    monkeypatch.setattr("simclr.training.shutil.disk_usage", lambda p: usage._replace(free=1024))
     assert cli.main(["train", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "MiB free" in err

@@ -21,7 +21,7 @@ from simclr.schedule import (
     plan,
     pretrain_on,
 )
-from simclr.train import setup, sized_to_budget, train
+from simclr.training import setup, sized_to_budget, train
 
 
 @pytest.mark.parametrize(("samples", "world", "batch"), [

@@ -164,7 +164,7 @@ def test_the_steps_between_logs_never_wait_for_the_device(resident: bool) -> Non
     finiteness flag, the next learning rate) under CUDA's sync check set to raise."""
     from simclr import ImageAugment, build_model, build_optimizer, two_views
     from simclr.optim import set_lr
-    from simclr.train import Finite, train_step
+    from simclr.training import Finite, train_step
 
     device = torch.device("cuda")
     model = build_model("small_cnn", 3, 32).to(device)

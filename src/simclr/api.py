@@ -1,4 +1,4 @@
-"""The Python entry point: `simclr.train` gives a `Run`, as `simclr train` gives a run directory.
+"""The Python entry point: `simclr.training` gives a `Run`, as `simclr train` gives a run directory.
 
     import simclr
     run = simclr.train(data="photos/", epochs=50)        # any config key as a keyword
@@ -44,7 +44,7 @@ def train(config: str | Path | Config | None = None, *, data: Data | None = None
     `modality="series"` is short for `data={"modality": "series"}`. `labels` go with in-memory data.
     """
     from simclr.run import Run
-    from simclr.train import train as run_training
+    from simclr.training import train as run_training
 
     if isinstance(config, Config):
         base, path = config, None

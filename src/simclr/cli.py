@@ -33,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="simclr", description="SimCLR contrastive self-supervised learning.")
     parser.add_argument("--version", action="version", version=f"simclr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    keyed = {"formatter_class": argparse.RawDescriptionHelpFormatter}
+    keyed = argparse.RawDescriptionHelpFormatter  # the epilog's lines as written
 
     train = sub.add_parser("train", help="pretrain an encoder (default data: scikit-learn digits)",
-                           epilog=epilog(TRAIN_KEYS), **keyed)
+                           epilog=epilog(TRAIN_KEYS), formatter_class=keyed)
     train.add_argument("--config", help="a YAML file or a shipped recipe (cifar10, imagenet, series, text); "
                        "flags and key=value overrides apply on top")
     train.add_argument("--data", help="a built-in name (digits, mnist, cifar10, ...) or a path: images (folder, "
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. temperature=0.2 model.encoder=resnet18")
 
     evaluate = sub.add_parser("eval", help="evaluate a run's final encoder against baselines",
-                              epilog=epilog(EVAL_KEYS), **keyed)
+                              epilog=epilog(EVAL_KEYS), formatter_class=keyed)
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--data", help="labelled data (default: the run's own data and held-out split)")
     evaluate.add_argument("--eval-data", help="a separate labelled test set; --data (or the run's) trains the probes")
@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from simclr.config import changed_keys, from_dict, load_config
     from simclr.metrics import format_table
     from simclr.run import CHECKPOINT
-    from simclr.train import train
+    from simclr.training import train
 
     flags = {"data.source": args.data, "data.eval_source": args.eval_data, "data.strict": args.strict or None,
              "epochs": args.epochs, "time_budget": args.time, "batch_size": args.batch_size, "seed": args.seed}

@@ -38,7 +38,8 @@ def field_help(cls: type) -> dict[str, str]:
             continue
         text = comments.get(node.lineno, "")
         if not text:  # a block of comment lines above the field
-            above, row = [], node.lineno - 1
+            above: list[str] = []
+            row = node.lineno - 1
             while row in comments and lines[row - 1].strip().startswith("#"):
                 above.insert(0, comments[row])
                 row -= 1
