@@ -4,7 +4,7 @@ plus page purging off, and one OpenMP thread instead of torch's default. Nothing
 library: every contender is a fresh process that differs only in its environment, as a user sets it.
 
 The steps are `simclr train`'s: a batch of uint8 images drawn at random, two views by ImageAugment
-(the CIFAR recipe), NHWC inputs and weights, `simclr.train.train_step` (bf16 autocast where
+(the CIFAR recipe), NHWC inputs and weights, `simclr.training.train_step` (bf16 autocast where
 `precision=auto` picks it) with LARS, the loss checked for finiteness. Two workloads: a small CNN
 at batch 512 and ResNet-18 with the CIFAR stem at batch 256, on random 32 px RGB images.
 

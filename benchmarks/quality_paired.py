@@ -31,7 +31,7 @@ import torch
 from simclr import build_optimizer, load_config
 from simclr.experiment import input_shape_of, load_datasets  # the run's own splits, as `simclr train` loads them
 from simclr.modality import get, trainer_of
-from simclr.train import update  # the loop's own update (zero_grad, backward, step)
+from simclr.training import update  # the loop's own update (zero_grad, backward, step)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # AdamW as in CLIP (LARS is SimCLR's large-batch optimizer), fixed learning rate (no batch

@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from simclr import Run, load_config
 from simclr.evaluate import balanced_subset, extract_features  # the evaluation suite's own helpers
 from simclr.text import tfidf_lr  # the text modality's baseline
-from simclr.train import train
+from simclr.training import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CASES = {

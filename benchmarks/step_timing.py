@@ -9,7 +9,7 @@ import torch
 from simclr import Config, build_model, build_optimizer, train_step, two_views
 from simclr.experiment import input_shape_of, load_datasets  # the run's own splits, as `simclr train` loads them
 from simclr.modality import resolve
-from simclr.train import nhwc  # the loop's memory-layout rule
+from simclr.training import nhwc  # the loop's memory-layout rule
 
 # What `simclr train` spends beyond the steps themselves (metrics, checkpoints, the kNN monitor,
 # progress bar): its MNIST run took 0.197 s per step where these steps took 0.166 s.
