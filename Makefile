@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-no-bf16 lint typecheck unit bench bench-quality tables clean
+.PHONY: demo test test-no-bf16 lint typecheck docs unit bench bench-quality tables clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
-test: lint typecheck unit
+# The manual (mkdocs.yml): --strict turns a broken link or anchor into a failure (not with -q,
+# which hides the warnings that --strict counts).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d .cache/site
+
+test: lint typecheck docs unit
 
 # The suite as on a CPU without native bf16 (precision=auto's float32 branch), on any machine.
 test-no-bf16: $(STAMP)

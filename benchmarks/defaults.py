@@ -17,6 +17,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -93,6 +94,7 @@ def source(name: str, sets: Path) -> str:
 
 def run_case(name: str, sets: Path, runs: Path, overrides: list[str]) -> dict[str, object]:
     data, out = source(name, sets), runs / name
+    shutil.rmtree(out, ignore_errors=True)  # a run left there would be resumed with its old settings
     cmd = [str(ROOT / ".venv" / "bin" / "simclr"), "train", "--data", data, "--out", str(out), *overrides]
     print("$", " ".join(cmd[1:]), flush=True)
     start = time.perf_counter()
