@@ -157,6 +157,26 @@ def defaults_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def series_encoders_table(res: dict[str, Any]) -> str:
+    """benchmarks/quality_series.py --encoder gru --encoder lstm: each set and recurrent encoder
+    at the same CPU budget as the FCN table, against random init and 1-NN on the raw series."""
+    lines = [
+        "`python benchmarks/quality_series.py --encoder gru --encoder lstm`: "
+        "`benchmarks/results/quality_series_gru_lstm.json`.",
+        "",
+        "| set | encoder | epochs | wall | SimCLR linear | SimCLR kNN | random-init linear | random-init kNN "
+        "| 1-NN ED (raw) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, row in res.items():
+        name, encoder = key.split("/")
+        s, r = row["simclr"], row["random_init"]
+        nn1 = row["raw_series"]["nn1_euclidean"]
+        lines.append(f"| {name} | {encoder} | {row['epochs']} | {row['wall_s']:.0f} s | {s['linear']:.4f} "
+                     f"| {s['knn']:.4f} | {r['linear']:.4f} | {r['knn']:.4f} | {nn1:.4f} |")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "speed": ("bench.json", lambda r: speed_table(r)),
     "speed-headline": ("bench.json", lambda r: speed_table(r, headline=True)),
@@ -164,6 +184,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "demo": ("demo.json", eval_table),
     "memory": ("memory.json", memory_table),
     "defaults": ("defaults.json", defaults_table),
+    "series-encoders": ("quality_series_gru_lstm.json", series_encoders_table),
 }
 BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- end:\2 -->)", re.S)
 

@@ -100,6 +100,21 @@ def test_plan_of_a_small_set() -> None:
     assert "2,010 steps = 134 epochs × 15 at global batch 64" in s.why and "lr 0.6" in s.why
 
 
+def test_a_modality_sets_its_own_floor() -> None:
+    """Text (AdamW on token views) has a floor of 10 epochs and 500 steps, not the images' 100 and
+    2,000: the SMS Spam Collection's 5,573 texts get 24 epochs of 21 steps, not 100."""
+    from simclr.modality import get
+
+    cfg = load_config()
+    cfg.optim = optimizer_settings(cfg.optim, "adamw")
+    text = get("text")
+    assert text.min_schedule == (10, 500) and get("image").min_schedule == (100, 2000)
+    s = plan(cfg, 5573, floor=text.min_schedule)
+    assert (s.batch_size, s.steps_per_epoch, s.epochs, s.total_steps) == (256, 21, 24, 504)
+    assert "at least 10 epochs and 500 steps" in s.why
+    assert plan(cfg, 5573).epochs == 100  # the default floor is the images'
+
+
 def test_plan_keeps_what_is_set() -> None:
     cfg = load_config(None, ["batch_size=100", "epochs=3", "optim.lr=0.3", "optim.lr_scaling=linear",
                              "optim.warmup_steps=7"])

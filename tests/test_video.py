@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 from simclr.errors import UserError
 from simclr.video.moving_digits import SPEEDS, bounce, render_clip, render_clips
 
-av = pytest.importorskip("av", reason="PyAV is not installed (pip install 'simclr[video]')")
+av = pytest.importorskip("av", reason="PyAV is not installed (pip install 'simclr-torch[video]')")
 
 from simclr.video.io import read_video, write_video  # noqa: E402
 
