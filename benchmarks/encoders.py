@@ -3,14 +3,19 @@
 For each encoder: parameters (millions); activation memory per image that a training step
 keeps for the backward pass (the tensors autograd saves, counted once each), at 32 px with the
 CIFAR stem and at 224 px with the ImageNet stem; and the CPU time of one forward + backward
-pass per image at 32 px (batch 16, after a warm-up, median of `--repeats`). Prints a Markdown table.
+pass per image at 32 px (batch 16, after a warm-up, median of `--repeats`). Prints a Markdown table
+and writes benchmarks/results/encoders.json (docs/simclr-v2.md's table is generated from it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -49,11 +54,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "encoders.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print("| encoder | params (M) | h size | saved activations / image, 32 px | at 224 px | CPU ms / image |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for name in ENCODERS:
         small = build_encoder(name, 3, 32)
         params = sum(p.numel() for p in small.parameters()) / 1e6
@@ -62,6 +69,12 @@ def main() -> None:
         ms = 1000 * seconds_per_image(small, 32, 16, args.repeats)
         row = f"| `{name}` | {params:.1f} | {small.out_dim} | {mem32:.2f} MiB | {mem224:.0f} MiB | {ms:.1f} |"
         print(row, flush=True)
+        rows.append({"encoder": name, "params_m": params, "h_size": small.out_dim, "activations_mib_32": mem32,
+                     "activations_mib_224": mem224, "cpu_ms_per_image_32": ms})
+    machine = {"cores": os.cpu_count(), "threads": args.threads, "load_1min": os.getloadavg()[0]}
+    results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+               "machine": machine, "rows": rows}
+    Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -372,6 +372,23 @@ def moving_mnist_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def encoders_table(res: dict[str, Any]) -> str:
+    """benchmarks/encoders.py: size, activation memory and CPU time of the registered encoders."""
+    m = res["machine"]
+    lines = [
+        f"`python benchmarks/encoders.py` of {res['date'][:10]}, torch {res['torch']}, {m['threads']} threads on "
+        f"{m['cores']} cores (1-minute load {m['load_1min']:.1f}): `benchmarks/results/encoders.json`.",
+        "",
+        "| encoder | params (M) | h size | activations kept for backward, per image, 32 px (CIFAR stem) "
+        "| 224 px (ImageNet stem) | CPU ms / image, fwd+bwd, 32 px |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        lines.append(f"| `{r['encoder']}` | {r['params_m']:.1f} | {r['h_size']} | {r['activations_mib_32']:.2f} MiB "
+                     f"| {r['activations_mib_224']:.0f} MiB | {r['cpu_ms_per_image_32']:.1f} |")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "speed": ("bench.json", lambda r: speed_table(r)),
     "speed-headline": ("bench.json", lambda r: speed_table(r, headline=True)),
@@ -380,6 +397,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "memory": ("memory.json", memory_table),
     "defaults": ("defaults.json", defaults_table),
     "series-encoders": ("quality_series_gru_lstm.json", series_encoders_table),
+    "encoders": ("encoders.json", encoders_table),
     "quality": ("quality.json", quality_table),
     "probe": ("probe.json", probe_table),
     "series": ("quality_series.json", lambda r: series_table(
