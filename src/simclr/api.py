@@ -52,7 +52,7 @@ def train(config: str | Path | Config | None = None, *, data: Data | None = None
         base, path = None, config
     if "modality" in settings:
         settings["data__modality"] = settings.pop("modality")
-    overrides = [f"{key}={json.dumps(value)}" for key, value in flatten(settings).items()]
+    overrides = as_overrides(settings)
     if out is not None:
         overrides.append(f"out={json.dumps(str(out))}")
     cfg = load_config(path, overrides, base=base)
@@ -76,6 +76,11 @@ def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def as_overrides(settings: Mapping[str, Any]) -> list[str]:
+    """Keyword settings as `key=value` overrides; JSON values read back as the same YAML."""
+    return [f"{key}={json.dumps(value)}" for key, value in flatten(settings).items()]
 
 
 def name_of(data: Data) -> str:

@@ -220,9 +220,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from simclr.run import Run
 
-    run = Run.open(args.run_dir)
-    out = in_made_folder(Path(args.out)) if args.out else None
-    log.info("wrote %s", run.modality.export(run, args.format, out))
+    log.info("wrote %s", Run.open(args.run_dir).export(args.format, args.out))
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -232,15 +230,6 @@ def cmd_config(args: argparse.Namespace) -> None:
     if not found:
         raise UserError(f"no config key starts with {args.prefix!r}")
     print(render(found))
-
-
-def in_made_folder(path: Path) -> Path:
-    """`path`, its folder created if missing (an --out in a folder not made yet)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the folder of {path}: {e.strerror or e}") from None
-    return path
 
 
 COMMANDS = {

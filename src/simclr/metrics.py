@@ -11,8 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from simclr.extras import require
-from simclr.extras import wanted as wanted_extra
+from simclr.extras import require, wanted
 
 log = logging.getLogger("simclr")
 
@@ -29,10 +28,10 @@ def logged_step(line: str, path: Path) -> float:
         return math.inf
 
 
-def tensorboard_writer(folder: Path, start_step: int, wanted: bool | None) -> Any:
-    """A SummaryWriter, or None: when not `wanted`, or when left to the install (None) and the
+def tensorboard_writer(folder: Path, start_step: int, setting: bool | None) -> Any:
+    """A SummaryWriter, or None: when `setting` is False, or when left to the install (None) and the
     [tensorboard] extra is not there (said once; metrics.jsonl and the report have it all)."""
-    if not wanted_extra("tensorboard", wanted):
+    if not wanted("tensorboard", setting):
         return None
     writer = require("tensorboard", "torch.utils.tensorboard").SummaryWriter
     return writer(str(folder), purge_step=start_step + 1 if start_step else None)

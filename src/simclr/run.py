@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,18 +98,23 @@ class Run:
         """`simclr eval`: the evaluation suite on the run's own data (or `data`, `eval_data`);
         writes eval.json and returns results[encoder][metric]. `settings`: evaluation keys,
         e.g. eval_finetune=False."""
-        from simclr.api import flatten
+        from simclr.api import as_overrides
         from simclr.device import resolve_device
 
-        cfg = self.config([f"{key}={json.dumps(value)}" for key, value in flatten(settings).items()])
+        cfg = self.config(as_overrides(settings))
         train_data, test_data = self.datasets(cfg, data, eval_data)
         return self.modality.evaluate(self, cfg, train_data, test_data, resolve_device(cfg.device))
 
     def export(self, fmt: str = "safetensors", out: str | Path | None = None) -> Path:
-        """`simclr export`: the encoder as safetensors, a torchvision state dict or ONNX."""
-        if out is not None:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-        return self.modality.export(self, fmt, Path(out) if out is not None else None)
+        """`simclr export`: the encoder as safetensors, a torchvision state dict or ONNX; the
+        folder of `out` is made if missing."""
+        path = Path(out) if out is not None else None
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"cannot create the folder of {path}: {e.strerror or e}") from None
+        return self.modality.export(self, fmt, path)
 
 
 def _local(cfg: Config) -> Config:

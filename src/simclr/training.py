@@ -216,8 +216,7 @@ def sized_to_budget(run: Training, images: torch.Tensor | Rows) -> Training:
 
 
 # Steps timed for a time budget, and what the loop adds to them: metrics, the kNN monitor, a
-# checkpoint every epoch (CIFAR-10's 1,000-image set, `--time 90s`: 0.0818 s a timed step, 0.0994 s
-# a step in the loop, 1.22×).
+# checkpoint every epoch (measured in docs/defaults.md, "A time budget").
 TIMED_STEPS, LOOP_OVERHEAD = 5, 1.2
 
 

@@ -57,7 +57,7 @@ def read_array_file(path: Path, split: str | None = None) -> tuple[np.ndarray, n
 
 def check_declared_sizes(path: Path) -> None:
     """Refuse a .npy, or an .npz member, whose header declares more data than the file holds:
-    np.load allocates the declared size before reading, so a 200-byte file claiming 931 GiB
+    np.load allocates the declared size before reading, so a tiny file claiming terabytes
     would end in MemoryError. Files np.load cannot parse are left to its own error."""
     try:
         with open(path, "rb") as f:

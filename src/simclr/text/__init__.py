@@ -84,9 +84,9 @@ class TextModality(SingleEncoder):
     config = TextConfig
     pretrain_default = "all"  # sentence embeddings learn from every text; the probes see training labels only
     optimizer = "adamw"  # a Transformer from scratch, as benchmarks/quality_text.py trains it
-    # AdamW on dropout and token views converges in far fewer steps than LARS on image crops: the
-    # text benchmark beats TF-IDF's few-label probe after 8 epochs (348 steps). The image floor
-    # (100 epochs, 2,000 steps) would cost 30 minutes on a 2-core CPU for the SMS set.
+    # AdamW on dropout and token views converges in far fewer steps than LARS on image crops (the
+    # text benchmark's short runs beat TF-IDF's few-label probe), and a Transformer step costs many
+    # small-CNN steps: the image floor would make a small corpus a long run (docs/defaults.md).
     min_schedule = (10, 500)
 
     def validate(self, cfg: Config) -> None:

@@ -17,7 +17,7 @@ class TextConfig:
     bidirectional: bool = True  # GRU and LSTM encoders read both ways
     dropout: float = 0.1  # in the encoder; two passes differ by it (SimCSE's dropout views)
     vocab_size: int = 8000  # word pieces, learned from the corpus (Hugging Face tokenizers)
-    max_length: int = 64  # tokens kept per text: 90 % of SMS and of AG News texts are shorter than 72
+    max_length: int = 64  # tokens kept per text: most sentences and messages fit (docs/defaults.md)
     text_column: str | None = None  # CSV/TSV/JSONL; None: text/sentence/..., else all text columns
     label_column: str | None = None  # None: one of simclr.data.columns.LABEL_COLUMNS
     crop_min: float = 0.6  # one span of ~U(crop_min, 1) of the tokens
