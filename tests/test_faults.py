@@ -334,20 +334,36 @@ def _first_decode_worker(rank: int, port: int, out: Path) -> None:
     cfg = Config()
 
     class Slow:  # rank 0's first decode takes longer than the process group's timeout
+        loads_together = False
+
         def load(self, *args: object, **kw: object) -> tuple[Any, None]:
             if rank == 0:
                 time.sleep(3)
             return SimpleNamespace(labels=None), None
 
     class Broken:
+        loads_together = False
+
         def load(self, *args: object, **kw: object) -> tuple[Any, None]:
             if rank == 0:
                 raise UserError("no images in the folder")
             time.sleep(60)  # never reached: the other ranks stop with rank 0's error
             raise AssertionError
 
-    _outcome(out, rank, "slow", lambda: load_datasets(cfg, Slow()))  # type: ignore[arg-type]
-    _outcome(out, rank, "broken", lambda: load_datasets(cfg, Broken()))  # type: ignore[arg-type]
+    class SlowTogether(Slow):  # every rank loads at once; rank 1 waits for rank 0 as long as it takes
+        loads_together = True
+
+    class BrokenTogether:  # rank 1 fails, rank 0 succeeds: both stop with rank 1's error
+        loads_together = True
+
+        def load(self, *args: object, **kw: object) -> tuple[Any, None]:
+            if rank == 1:
+                raise UserError("cannot read archive x.zip")
+            return SimpleNamespace(labels=None), None
+
+    for name, modality in [("slow", Slow), ("broken", Broken), ("slow_together", SlowTogether),
+                           ("broken_together", BrokenTogether)]:
+        _outcome(out, rank, name, lambda m=modality: load_datasets(cfg, m()))  # type: ignore[misc]
     dist.shutdown()
 
 
@@ -357,10 +373,60 @@ def outcomes(out: Path, what: str) -> list[dict[str, Any]]:
 
 def test_other_ranks_wait_for_a_long_first_decode_and_share_its_error(tmp_path: Path) -> None:
     mp.spawn(_first_decode_worker, args=(free_port(), tmp_path), nprocs=2)
-    assert [o["result"] for o in outcomes(tmp_path, "slow")] == ["ok", "ok"]
+    for slow in ("slow", "slow_together"):
+        assert [o["result"] for o in outcomes(tmp_path, slow)] == ["ok", "ok"]
     broken = outcomes(tmp_path, "broken")
     assert [o["result"] for o in broken] == ["UserError: no images in the folder"] * 2
     assert broken[1]["seconds"] < 10
+    assert [o["result"] for o in outcomes(tmp_path, "broken_together")] == ["UserError: cannot read archive x.zip"] * 2
+
+
+def _shared_decode_worker(rank: int, port: int, out: Path) -> None:
+    """Both ranks load an image folder through `load_datasets`, as `simclr train` does."""
+    import logging
+
+    from simclr import dist
+    from simclr.config import load_config
+    from simclr.data import blocks, decode
+    from simclr.experiment import load_datasets
+    from simclr.modality import resolve
+
+    _join(rank, port, out, timeout_s=60)
+    blocks.BLOCK_ENTRIES = 8
+    real = decode.decode_image
+
+    def slow(data: bytes, size: int, channels: int | None) -> Any:
+        time.sleep(0.01)  # so that both ranks are decoding at once
+        return real(data, size, channels)
+
+    decode.decode_image = slow  # type: ignore[assignment]
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("simclr").addHandler(handler)
+    logging.getLogger("simclr").setLevel(logging.INFO)
+    cfg = load_config(overrides=[f"data.source={out / 'imgs'}", f"data.cache_dir={out / 'cache'}"])
+    train, test = load_datasets(cfg, resolve(cfg))
+    here = [int(line.split(": ")[1].split(" of ")[0]) for line in lines if "blocks decoded by this process" in line]
+    (out / f"decoded.{rank}").write_text(json.dumps({"here": here, "rows": [len(train), len(test)],
+                                                       "sum": float(train.images.float().sum())}))
+    dist.shutdown()
+
+
+def test_the_ranks_of_a_job_share_the_first_decode(tmp_path: Path) -> None:
+    """Under torchrun every rank decodes blocks of a new image folder (none twice), and all end
+    with the same data."""
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(80):
+            Image.new("L", (5, 5), i * 3 + (cls == "a")).save(tmp_path / "imgs" / cls / f"{i}.png")
+    mp.spawn(_shared_decode_worker, args=(free_port(), tmp_path), nprocs=2)
+    got = [json.loads((tmp_path / f"decoded.{rank}").read_text()) for rank in range(2)]
+    here = [g["here"][0] for g in got]
+    assert min(here) > 0 and sum(here) == 20, here  # 160 files in blocks of 8
+    assert got[0]["rows"] == got[1]["rows"] == [80, 80] and got[0]["sum"] == got[1]["sum"]
 
 
 def _checkpoint_worker(rank: int, port: int, out: Path) -> None:

@@ -122,39 +122,117 @@ def test_streamed_and_in_memory_training_are_bit_identical(tmp_path: Path) -> No
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_an_interrupted_first_decode_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A decode stopped partway (Ctrl-C, a killed job) continues from its last saved chunk, and
-    gives the cache an uninterrupted decode gives."""
-    from simclr.data import decode, load_images
-
-    folder = tmp_path / "imgs"
+def write_folder(folder: Path, per_class: int = 300) -> None:
+    """Two classes of tiny distinct images, and one broken file among them."""
     for cls in ("a", "b"):
         (folder / cls).mkdir(parents=True)
-        for i in range(300):
-            Image.new("RGB", (6, 6), (i % 256, 40 if cls == "a" else 200, 7)).save(folder / cls / f"{i:03d}.png")
-    (folder / "a" / "broken.png").write_bytes(b"not an image")  # a skipped file survives the resume too
-    monkeypatch.setattr(decode, "CHUNK", 64)
-    monkeypatch.setattr(decode, "SAVE_EVERY_S", 0.0)  # save after every chunk
+        for i in range(per_class):
+            Image.new("RGB", (6, 6), (i % 256, 40 if cls == "a" else 200, i // 256)).save(folder / cls / f"{i:03d}.png")
+    (folder / "a" / "broken.png").write_bytes(b"not an image")  # a skipped file survives it all
+
+
+def same_data(a: ImageData, b: ImageData) -> bool:
+    return (torch.equal(a.images, b.images) and a.labels is not None and b.labels is not None
+            and torch.equal(a.labels, b.labels) and a.skipped == b.skipped and a.ids == b.ids)
+
+
+def test_an_interrupted_first_decode_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decode stopped partway (Ctrl-C, a killed job) decodes only the blocks it had not
+    finished, and gives the cache an uninterrupted decode gives."""
+    from simclr.data import blocks, decode, load_images
+
+    write_folder(tmp_path / "imgs")  # 601 files: 10 blocks of 64
+    monkeypatch.setattr(blocks, "BLOCK_ENTRIES", 64)
     calls = {"n": 0}
     real = decode.decode_image
 
     def counting(data: bytes, size: int, channels: int | None) -> tuple[np.ndarray, bool]:
         calls["n"] += 1
-        if calls["n"] == 450 and calls.get("stop", True):
+        if calls["n"] == 450 and calls.get("stop", True):  # in block 7, after blocks 0-6
             raise KeyboardInterrupt
         return real(data, size, channels)
 
     monkeypatch.setattr(decode, "decode_image", counting)
     with pytest.raises(KeyboardInterrupt):
-        load_images(str(folder), cache_dir=tmp_path / "cache", workers=1)
+        load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "cache", workers=1)
     calls.update(n=0, stop=False)
-    resumed = load_images(str(folder), cache_dir=tmp_path / "cache", workers=1)
-    assert 150 <= calls["n"] <= 600 - 384  # from the last saved chunk (6 of 64 done), not from file 1
-    fresh = load_images(str(folder), cache_dir=tmp_path / "fresh", workers=1)
-    assert torch.equal(resumed.images, fresh.images) and torch.equal(resumed.labels, fresh.labels)
-    assert resumed.skipped == fresh.skipped and len(resumed.skipped) == 1 and resumed.ids == fresh.ids
+    resumed = load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "cache", workers=1)
+    assert calls["n"] == 601 - 7 * 64  # blocks 7, 8 and 9 only
+    fresh = load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "fresh", workers=1)
+    assert same_data(resumed, fresh) and len(resumed.skipped) == 1
     slot = next((tmp_path / "cache").iterdir())
-    assert sorted(p.name for p in slot.iterdir()) == ["images.u8", "labels.npy", "meta.json", "partial.lock"]
+    assert sorted(p.name for p in slot.iterdir()) == ["decode.lock", "images.u8", "join.lock", "labels.npy",
+                                                      "meta.json"]
+
+
+def test_an_interrupted_join_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Joining deletes each block once copied: stopped after four of ten blocks, the next run
+    copies the other six, decodes nothing, and the cache is the same."""
+    from simclr.data import blocks, decode, load_images
+
+    write_folder(tmp_path / "imgs")
+    monkeypatch.setattr(blocks, "BLOCK_ENTRIES", 64)
+    real_write = blocks._write_json
+
+    def stopping(path: Path, value: object) -> None:
+        if path.name == "joined.json" and value == {"blocks": 4}:
+            raise KeyboardInterrupt
+        real_write(path, value)
+
+    monkeypatch.setattr(blocks, "_write_json", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "cache", workers=1)
+    left = sorted(p.name for p in next((tmp_path / "cache").iterdir()).glob("decoding/*.u8"))
+    assert left == [f"{b}.u8" for b in range(3, 10)] + ["images.u8"]  # block 3 copied, not yet recorded
+    monkeypatch.setattr(blocks, "_write_json", real_write)
+    monkeypatch.setattr(decode, "decode_image", None)  # nothing is decoded again
+    resumed = load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "cache", workers=1)
+    monkeypatch.undo()
+    assert same_data(resumed, load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "fresh", workers=1))
+
+
+SHARER = """
+import sys, time
+from pathlib import Path
+from simclr.data import blocks, decode, load_images
+blocks.BLOCK_ENTRIES = 16
+real = decode.decode_image
+def slow(data, size, channels):
+    time.sleep(0.004)  # long enough for both processes to be decoding at once
+    return real(data, size, channels)
+decode.decode_image = slow
+go = Path(sys.argv[3])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.01)
+import logging
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+data = load_images(sys.argv[1], cache_dir=sys.argv[2], workers=1)
+print("rows", len(data), data.images.float().sum().item(), flush=True)
+"""
+
+
+def test_processes_decoding_the_same_source_share_the_blocks(tmp_path: Path) -> None:
+    """Two processes (the ranks of a torchrun job, or two runs) that meet the same source
+    decode disjoint blocks, neither repeats the other's, and both get the cache one process
+    alone would have built."""
+    write_folder(tmp_path / "imgs", per_class=160)  # 321 files: 21 blocks of 16
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", SHARER, str(tmp_path / "imgs"), str(tmp_path / "cache"), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    here = [int(line.split(": ")[1].split(" of ")[0]) for _, err in outs for line in err.splitlines()
+            if "blocks decoded by this process" in line]
+    assert len(here) == 2 and min(here) > 0 and sum(here) == 21  # shared, none decoded twice
+    from simclr.data import load_images
+
+    fresh = load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "fresh", workers=1)
+    assert same_data(load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "cache"), fresh)
+    assert {o.split("rows ")[1].strip() for o, _ in outs} == {f"{len(fresh)} {fresh.images.float().sum().item()}"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu.sh runs it)")

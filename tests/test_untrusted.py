@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import simclr.data.blocks as blocks_module
 import simclr.data.cache as cache_module
 import simclr.data.decode as decode_module
 import simclr.data.listing as listing_module
@@ -95,13 +96,14 @@ def test_pickled_numpy_batches_still_load(tmp_path: Path, protocol: int) -> None
 def test_empty_archive_members_take_no_cache_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """5,000 empty members reserved 717 MiB (a 224 px row each); now they take none."""
     shapes: list[tuple[int, ...]] = []
-    real = cache_module._new_mapped
+    real = cache_module.new_mapped
 
     def recording(path: Path, shape: tuple[int, ...], *args: bool, **kwargs: bool) -> np.memmap:
         shapes.append(shape)
         return real(path, shape, *args, **kwargs)
 
-    monkeypatch.setattr(cache_module, "_new_mapped", recording)
+    for module in (cache_module, blocks_module):  # every file the decode maps: blocks, their join, copies
+        monkeypatch.setattr(module, "new_mapped", recording)
     members = [(f"empty{i:03d}.png", b"") for i in range(300)] + [("a.png", png(1)), ("b.png", png(2))]
     data = load_images(str(write_tar(tmp_path / "a.tar.gz", members)))
     assert len(data) == 2 and len(data.skipped) == 300
@@ -117,7 +119,7 @@ def test_members_that_are_no_images_reserve_no_cache_space(tmp_path: Path, monke
     real = decode_module.decode_image
 
     def measuring(data: bytes, size: int, channels: int | None) -> tuple[np.ndarray, bool]:
-        used = sum(p.stat().st_blocks * 512 for p in (tmp_path / "cache").rglob("images.u8*"))
+        used = sum(p.stat().st_blocks * 512 for p in (tmp_path / "cache").rglob("*.u8*"))
         peak["bytes"] = max(peak["bytes"], used)
         return real(data, size, channels)
 
@@ -312,6 +314,6 @@ def test_a_full_disk_is_an_error_not_sigbus(tmp_path: Path, monkeypatch: pytest.
         data = load_images(str(tmp_path / "data"), image_size=8)  # the copy's disk is full
     assert data.images.shape == (6, 1, 8, 8) and "cannot write the image cache" in caplog.text
     assert not (next((tmp_path / "cache").iterdir()) / "meta.json").exists()  # not cached
-    full["pattern"] = "images.u8.partial"  # the decoder's own file
+    full["pattern"] = "decoding/"  # the decoder's own files
     with pytest.raises(UserError, match=r"cannot write the image cache .*No space left"):
         load_images(str(tmp_path / "data"), image_size=8)

@@ -62,10 +62,11 @@ def init_from_env(timeout_s: float, device: str = "auto") -> None:
 _host_group: Any = None
 _patient_group: Any = None
 
-# How long the other ranks wait for rank 0's first decode of a data set (`main_first`): hours
-# for a large one on a slow disk, far beyond `dist_timeout_s`, whose point is to catch a dead
-# rank quickly. No deadline is needed there: rank 0's failure is sent to them (`main_first`),
-# and a rank that dies makes torchrun stop the whole group. A day bounds a hang outside torchrun.
+# How long ranks wait for each other around a first decode of a data set (`main_first`,
+# `together`): hours for a large one on a slow disk, far beyond `dist_timeout_s`, whose point is
+# to catch a dead rank quickly. No deadline is needed there: a rank's failure is sent to the
+# others, and a rank that dies makes torchrun stop the whole group. A day bounds a hang outside
+# torchrun.
 PATIENT_TIMEOUT = timedelta(days=1)
 
 
@@ -132,6 +133,32 @@ def main_first(work: Callable[[], T]) -> T:
         return result[0]
     _outcome(_patient_group)
     return work()
+
+
+def together(work: Callable[[], T]) -> T:
+    """`work()` on every rank at once, for work the ranks share through files (the image decode's
+    blocks, `simclr.data.blocks`). They wait for each other without the process group's timeout
+    (PATIENT_TIMEOUT), and when any rank failed, every rank raises its error."""
+    if not is_distributed():
+        return work()
+    try:
+        result = work()
+        error = None
+    except BaseException as e:
+        error = str(e) if isinstance(e, UserError) else f"rank {rank()} failed: {type(e).__name__}: {e}"
+        _errors(error)
+        raise
+    failed = _errors(error)
+    if failed is not None:
+        raise UserError(failed)
+    return result
+
+
+def _errors(error: str | None) -> str | None:
+    """Every rank's error (None: it succeeded) over the patient group; the first one."""
+    out: list[str | None] = [None] * world_size()
+    torch_dist.all_gather_object(out, error, group=_patient_group)
+    return next((e for e in out if e is not None), None)
 
 
 def _on_main(work: Callable[[], None], group: Any) -> None:

@@ -38,8 +38,9 @@ def load_datasets(
     source that comes with its own test split, such as a UCR/UEA TRAIN/TEST pair), all of
     `source` is for training; otherwise labelled data is split (stratified, seeded) and only
     its training part is used for pretraining. `input_shape` forces a trained encoder's input.
-    Under torchrun rank 0 loads first (building any decode cache), then the others read what it
-    built (`dist.main_first`: they wait as long as that takes, and share its error)."""
+    Under torchrun rank 0 loads first (building any cache), then the others read what it built
+    (`dist.main_first`: they wait as long as that takes, and share its error); a modality whose
+    ranks share the building (`loads_together`: the image decode) loads on every rank at once."""
     source, eval_source = source or cfg.data.source, eval_source or cfg.data.eval_source
 
     def load() -> tuple[Any, Any | None]:
@@ -48,7 +49,7 @@ def load_datasets(
             test, _ = modality.load(cfg, eval_source, input_shape, run_dir, like=data)
         return data, test
 
-    data, test = dist.main_first(load)
+    data, test = (dist.together if modality.loads_together else dist.main_first)(load)
     if test is not None:  # held-out pairs serve retrieval without labels
         return data, test if test.labels is not None or modality.evaluates_unlabelled else None
     if data.labels is None:
@@ -129,6 +130,7 @@ class SingleEncoder:
     optimizer = "lars"
     min_schedule = (MIN_EPOCHS, MIN_STEPS)  # a default run's least (epochs, steps): the paper's images
     distills = False
+    loads_together = False
     export_formats: tuple[str, ...] = ("safetensors",)
 
     def validate(self, cfg: Config) -> None:

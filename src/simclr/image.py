@@ -55,6 +55,7 @@ class ImageModality(SingleEncoder):
     name = "image"
     bf16_on_cpu = True  # convolutions: where native bf16 pays off (and the quality was checked)
     distills = True
+    loads_together = True  # the ranks share a first decode's blocks (simclr.data.blocks)
     export_formats = ("torchvision", "safetensors", "onnx")
 
     def load(

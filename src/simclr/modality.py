@@ -80,6 +80,7 @@ class Modality(Protocol):
     pretrain_default: str
     optimizer: str  # what `optim.name=auto` picks: lars, or adamw (Transformers from scratch)
     min_schedule: tuple[int, int]  # a default run's least (epochs, optimizer steps): simclr.schedule
+    loads_together: bool  # whether torchrun's ranks share the first decode (experiment.load_datasets)
 
     def validate(self, cfg: Config) -> None: ...
     def claims(self, path: Path) -> bool: ...

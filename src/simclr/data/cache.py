@@ -24,46 +24,14 @@ from typing import Any
 import numpy as np
 import PIL
 
+from simclr.data.blocks import Blocks
+from simclr.data.mapped import new_mapped
 from simclr.env import env_dir
-from simclr.errors import UserError
-
-try:
-    import fcntl
-except ImportError:  # Windows: builds start over after an interruption
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("simclr")
 
 CACHE_VERSION = 2  # bump when decoding changes what a cached image holds
 COPY_ROWS = 4096  # rows copied per step when reducing channels
-
-
-def _new_mapped(path: Path, shape: tuple[int, ...], reserve: bool = True) -> np.memmap:
-    """A new uint8 file of `shape` at `path`, mapped for writing. With `reserve` its space is
-    reserved now: writing a memory map onto a full disk kills the process (SIGBUS) instead of
-    raising. Without, the file is sparse and its writer reserves rows first (`reserve_rows`)."""
-    size = int(np.prod(shape))
-    with open(path, "wb") as f:
-        if reserve and hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(f.fileno(), 0, size)
-        else:
-            f.truncate(size)
-    return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
-
-
-def reserve_rows(images: np.ndarray, start: int, stop: int) -> None:
-    """Reserve the disk space of rows [start, stop) of `images` before they are written, when it
-    is a memory-mapped file (a sparse one from `Slot.resumable`): a full disk is then a one-line
-    error instead of SIGBUS. Arrays in memory need nothing."""
-    if not isinstance(images, np.memmap) or stop <= start or not hasattr(os, "posix_fallocate"):
-        return
-    row = images.nbytes // len(images)
-    try:
-        with open(str(images.filename), "r+b") as f:
-            os.posix_fallocate(f.fileno(), images.offset + start * row, (stop - start) * row)
-    except OSError as e:
-        raise UserError(f"cannot write the image cache {images.filename}: {e.strerror or e} (free some "
-                        "space, or set data.cache_dir or $SIMCLR_CACHE to another disk)") from None
 
 
 def default_cache_dir() -> Path:
@@ -116,7 +84,6 @@ class Slot:
         self.folder = folder
         self.fingerprint = fingerprint
         self._tmp: list[Path] = []
-        self._lock: Any = None  # the lock on a resumable build's partial file
 
     @classmethod
     def for_source(cls, cache_dir: Path | None, name: str, identity: dict[str, Any],
@@ -150,58 +117,27 @@ class Slot:
         ids = meta.get("ids")
         return Cached(images, labels, meta.get("classes"), skipped, meta.get("note", ""), self.folder, ids)
 
-    def resumable(self, shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, Any] | None]:
-        """A writable uint8 array of `shape` for a decode that can resume: the slot's partial
-        file, and the progress an interrupted build of the same source and settings saved into
-        it (None: start from the beginning). Without a cache folder, or when another process
-        is building this slot, the plain `allocate`. Either file is sparse: the decoder reserves
-        the rows it writes (`reserve_rows`), so rows for files that turn out no image cost no disk."""
-        if self.folder is None or int(np.prod(shape)) == 0 or fcntl is None:
-            return self.allocate(shape, reserve=False), None
-        partial, progress = self.folder / "images.u8.partial", self.folder / "partial.json"
+    def shared(self, shape: tuple[int, ...], n_entries: int) -> Blocks | None:
+        """The decode of this slot that every process needing it shares and that resumes after
+        an interruption (`Blocks`), or None without a cache folder: then `allocate`."""
+        if self.folder is None or int(np.prod(shape)) == 0:
+            return None
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            lock = open(self.folder / "partial.lock", "w")  # noqa: SIM115 - held until write()
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # another process builds it: build our own copy
-                lock.close()
-                return self.allocate(shape, reserve=False), None
-            self._lock = lock
-            state = None
-            try:
-                saved = json.loads(progress.read_text())
-                if (saved.get("fingerprint"), saved.get("shape")) == (self.fingerprint, list(shape)) \
-                        and partial.stat().st_size == int(np.prod(shape)):
-                    state = saved
-            except (OSError, ValueError):
-                pass
-            if state is None:
-                progress.unlink(missing_ok=True)
-                return _new_mapped(partial, shape, reserve=False), None
-            return np.memmap(partial, dtype=np.uint8, mode="r+", shape=shape), state
+            return Blocks.open(self.folder, self.fingerprint, shape, n_entries)
         except OSError as e:
-            return self._uncached(e, shape), None
-
-    def save_progress(self, images: np.ndarray, state: dict[str, Any]) -> None:
-        """Record how far a `resumable` build got: the rows written so far are flushed first,
-        so a saved state never promises rows the file lacks."""
-        if not isinstance(images, np.memmap) or self.folder is None or self._lock is None:
-            return
-        images.flush()
-        with self._temporary(self.folder / "partial.json") as tmp:
-            tmp.write_text(json.dumps({**state, "fingerprint": self.fingerprint, "shape": list(images.shape)}))
+            self._uncached(e, shape)
+            return None
 
     def allocate(self, shape: tuple[int, ...], reserve: bool = True) -> np.ndarray:
         """A writable uint8 array of `shape`: a memory-mapped temporary file in the slot (its
-        space reserved unless `reserve` is off, see `_new_mapped`), or memory when caching is off
+        space reserved unless `reserve` is off, see `new_mapped`), or memory when caching is off
         or the cache folder cannot take it."""
         if self.folder is not None and int(np.prod(shape)) > 0:
             tmp = self.folder / f"images.u8.tmp-{os.getpid()}-{len(self._tmp)}"
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self._tmp.append(tmp)
-                return _new_mapped(tmp, shape, reserve)
+                return new_mapped(tmp, shape, reserve)
             except OSError as e:
                 return self._uncached(e, shape)
         return np.empty(shape, dtype=np.uint8)
@@ -242,8 +178,6 @@ class Slot:
             }
             with self._temporary(self.folder / "meta.json") as tmp:
                 tmp.write_text(json.dumps(meta))
-            (self.folder / "partial.json").unlink(missing_ok=True)  # finished: nothing to resume
-            (self.folder / "images.u8.partial").unlink(missing_ok=True)  # if copied, not renamed
         except OSError as e:
             log.warning("cannot write the image cache in %s (%s); the next run decodes again",
                         self.folder, e.strerror or e)
@@ -251,14 +185,11 @@ class Slot:
         return Cached(images, labels, built.classes, built.skipped, built.note, self.folder, built.ids)
 
     def cleanup(self) -> None:
-        """Remove temporary files left by an unfinished build (a resumable build's partial file
-        stays for the next run) and release its lock."""
+        """Remove temporary files left by an unfinished build (a shared decode's blocks stay, for
+        the next run to resume)."""
         for tmp in self._tmp:
             tmp.unlink(missing_ok=True)
         self._tmp.clear()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
 
     def _finish_images(self, allocated: np.memmap, rows: np.ndarray) -> Path:
         """The file holding exactly `rows`: the allocated file cut to length, or a copy when
@@ -271,7 +202,7 @@ class Slot:
             return source
         target = self.folder / f"images.u8.tmp-{os.getpid()}-{len(self._tmp)}" if self.folder else source
         self._tmp.append(target)
-        out = _new_mapped(target, rows.shape)  # reserved: a full disk raises here, no SIGBUS
+        out = new_mapped(target, rows.shape)  # reserved: a full disk raises here, no SIGBUS
         for start in range(0, len(rows), COPY_ROWS):
             out[start : start + COPY_ROWS] = rows[start : start + COPY_ROWS]
         out.flush()

@@ -19,9 +19,9 @@ from tqdm import tqdm
 from simclr.data import builtin
 from simclr.data.arrays import read_array_file
 from simclr.data.cache import Built, Cached, Slot, cache_root
-from simclr.data.decode import Resume, auto_size, decode_entries
+from simclr.data.decode import Decoded, auto_size, decode_blocks, decode_entries, decoded_shape
 from simclr.data.imagedata import ImageData, fit_uint8
-from simclr.data.layout import infer_layout
+from simclr.data.layout import Layout, infer_layout
 from simclr.data.listing import Entry, list_folder, list_tar, list_zip, printable
 from simclr.data.skipped import refuse_if_strict, skip_summary
 from simclr.data.standard import IDX_PATTERN, Arrays, StandardFolder, detect
@@ -220,22 +220,39 @@ class _Context:
         labelled = f"{len(layout.classes)} classes" if layout.classes else "unlabelled"
         log.info("%s%s: decoding %d files (%s) to %s px%s", self.display, printable(where), len(chosen),
                  labelled, size, f"; {note}" if note else "")
+        blocks = slot.shared(decoded_shape(chosen, size, self.channels), len(chosen))
         try:
-            decoded = decode_entries(chosen, size, self.channels, slot.allocate, self.strict,
-                                     self.workers, desc=f"decoding {self.name}",
-                                     resume=Resume(slot.resumable, slot.save_progress))
-            if decoded.count == 0:
-                summary = skip_summary(decoded.skipped)
-                raise UserError(f"no usable images in {self.display} ({summary}){_packed_hint(chosen)}")
-            labels = None
-            if layout.labels is not None:
-                labels = np.asarray(layout.labels, dtype=np.int64)[decoded.kept]
-            keep = 1 if self.channels is None and decoded.all_grey else None
-            ids = ["/".join(chosen[i].parts) for i in decoded.kept]  # paths within the source
-            return slot.write(Built(decoded.images, decoded.count, labels, layout.classes,
-                                    decoded.skipped, keep, note, ids))
+            hit = slot.read()  # another process may have finished it since this one looked
+            if hit is not None:
+                return hit
+            if blocks is None:
+                decoded = decode_entries(chosen, size, self.channels, slot.allocate, self.strict, self.workers,
+                                         desc=f"decoding {self.name}")
+                return self._store(slot, chosen, layout, decoded, note)
+            decode_blocks(chosen, size, self.channels, blocks, self.strict, self.workers, desc=f"decoding {self.name}")
+            with blocks.joining():  # one process joins the blocks; the others find its cache
+                hit = slot.read()
+                if hit is not None:
+                    return hit
+                stored = self._store(slot, chosen, layout, Decoded(*blocks.join()), note)
+                blocks.remove()
+                return stored
         finally:
+            if blocks is not None:
+                blocks.close()
             slot.cleanup()
+
+    def _store(self, slot: Slot, chosen: list[Entry], layout: Layout, decoded: Decoded, note: str) -> Cached:
+        if decoded.count == 0:
+            summary = skip_summary(decoded.skipped)
+            raise UserError(f"no usable images in {self.display} ({summary}){_packed_hint(chosen)}")
+        labels = None
+        if layout.labels is not None:
+            labels = np.asarray(layout.labels, dtype=np.int64)[decoded.kept]
+        keep = 1 if self.channels is None and decoded.all_grey else None
+        ids = ["/".join(chosen[i].parts) for i in decoded.kept]  # paths within the source
+        return slot.write(Built(decoded.images, decoded.count, labels, layout.classes, decoded.skipped, keep,
+                                note, ids))
 
     def standard(self, found: StandardFolder) -> Cached:
         slot = self.slot(found.kind, [_stamp(p) for p in found.files])
