@@ -191,6 +191,35 @@ def test_an_interrupted_join_resumes_where_it_stopped(tmp_path: Path, monkeypatc
     assert same_data(resumed, load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "fresh", workers=1))
 
 
+def test_blocks_joined_by_a_process_that_could_not_cache_them_are_decoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full disk after the join moved the images file: the next run cannot join the blocks
+    again, says so and decodes in its own process; the data are the same every time."""
+    import errno
+
+    from simclr.data import blocks, cache, load_images
+
+    write_folder(tmp_path / "imgs", per_class=40)
+    monkeypatch.setattr(blocks, "BLOCK_ENTRIES", 16)
+    real_save = cache.np.save
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.np, "save", full_disk)  # labels.npy, after images.u8 was renamed
+    first = load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "cache", workers=1)
+    monkeypatch.setattr(cache.np, "save", real_save)
+    with caplog.at_level("WARNING", logger="simclr"):
+        second = load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "cache", workers=1)
+    assert "joined by a process that could not write the cache" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="simclr"):
+        third = load_images(str(tmp_path / "imgs"), cache_dir=tmp_path / "cache", workers=1)
+    assert "from the cache" in caplog.text and "decoding" not in caplog.text  # the second one cached it
+    assert same_data(first, second) and same_data(second, third)
+
+
 SHARER = """
 import sys, time
 from pathlib import Path

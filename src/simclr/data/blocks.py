@@ -121,14 +121,22 @@ class Blocks:
 
     def finished(self) -> int:
         """How many entries lie in blocks already done (by any process)."""
-        names = os.listdir(self.folder)
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:  # joined and removed by another process: all done
+            return self.n_entries
         return sum(len(self.entries(b)) for b in range(self.count) if f"{b}.json" in names)
 
     @contextmanager
     def claim(self, block: int, wait: bool = False) -> Iterator[bool]:
         """Whether this process got `block` to decode: it is not done and no other process holds
         it. With `wait`, first wait for a process that holds it (then it is usually done)."""
-        with open(self.folder / f"{block}.claim", "a") as f:
+        try:
+            f = open(self.folder / f"{block}.claim", "a")  # noqa: SIM115 - closed below
+        except FileNotFoundError:  # every block done, joined and removed by another process
+            yield False
+            return
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -157,22 +165,27 @@ class Blocks:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
 
-    def join(self) -> tuple[np.ndarray, int, list[int], list[tuple[str, str]], bool]:
+    def join(self) -> tuple[np.ndarray, int, list[int], list[tuple[str, str]], bool] | None:
         """Copy every block's rows, in order, into `decoding/images.u8`; returns (that array, its
         rows used, kept entries, skipped, all grey). Each block's file is deleted once copied
-        and the progress recorded, so a stopped join resumes."""
+        and the progress recorded, so a stopped join resumes. None when the blocks are gone: a
+        process joined them, then could not write the cache (a full disk)."""
         done = [self.done(b) for b in range(self.count)]
         results = [d for d in done if d is not None]
         if len(results) != self.count:
-            raise RuntimeError("joining blocks before every block is decoded")
+            return None
         shape = tuple(self.plan["shape"])
         path = self.folder / "images.u8"
         state = _read_json(self.folder / "joined.json")
-        if state is None or not path.exists():
+        if state is None:
             state = {"blocks": 0}
             out = new_mapped(path, shape, reserve=False)
-        else:
+        elif path.exists():
             out = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
+        else:
+            return None
+        if any(results[b].count and not (self.folder / f"{b}.u8").exists() for b in range(state["blocks"], self.count)):
+            return None
         row = 0
         for b, result in enumerate(results):
             if b >= state["blocks"]:

@@ -226,21 +226,30 @@ class _Context:
             if hit is not None:
                 return hit
             if blocks is None:
-                decoded = decode_entries(chosen, size, self.channels, slot.allocate, self.strict, self.workers,
-                                         desc=f"decoding {self.name}")
-                return self._store(slot, chosen, layout, decoded, note)
+                return self._store(slot, chosen, layout, self._decode_here(chosen, size, slot), note)
             decode_blocks(chosen, size, self.channels, blocks, self.strict, self.workers, desc=f"decoding {self.name}")
             with blocks.joining():  # one process joins the blocks; the others find its cache
                 hit = slot.read()
                 if hit is not None:
                     return hit
-                stored = self._store(slot, chosen, layout, Decoded(*blocks.join()), note)
-                blocks.remove()
+                joined = blocks.join()
+                if joined is None:
+                    log.warning("%s: the decoded blocks were joined by a process that could not write the "
+                                "cache; decoding again in this one", self.display)
+                    return self._store(slot, chosen, layout, self._decode_here(chosen, size, slot), note)
+                stored = self._store(slot, chosen, layout, Decoded(*joined), note)
+                if stored.path is not None:  # cached: the blocks are no longer needed
+                    blocks.remove()
                 return stored
         finally:
             if blocks is not None:
                 blocks.close()
             slot.cleanup()
+
+    def _decode_here(self, chosen: list[Entry], size: int, slot: Slot) -> Decoded:
+        """A decode in this process alone (no cache, or a cache it cannot share)."""
+        return decode_entries(chosen, size, self.channels, slot.allocate, self.strict, self.workers,
+                              desc=f"decoding {self.name}")
 
     def _store(self, slot: Slot, chosen: list[Entry], layout: Layout, decoded: Decoded, note: str) -> Cached:
         if decoded.count == 0:
