@@ -294,3 +294,41 @@ def test_the_steps_between_logs_never_wait_for_the_device(resident: bool) -> Non
         torch.cuda.set_sync_debug_mode(0)
         feed.close()
     finite.check(4)
+
+
+CONVERTER = """
+import logging, sys, time
+from pathlib import Path
+from simclr.data import load_images, sources
+real = sources.fit_uint8
+def slow(*args, **kwargs):
+    time.sleep(1.0)  # the other process arrives while this one converts
+    return real(*args, **kwargs)
+sources.fit_uint8 = slow
+go = Path(sys.argv[3])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.01)
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+data = load_images(sys.argv[1], cache_dir=sys.argv[2])
+print("rows", len(data), int(data.images.sum()), flush=True)
+"""
+
+
+def test_one_process_converts_a_standard_folder_while_the_others_wait(tmp_path: Path) -> None:
+    """An MNIST IDX folder met by two processes at once (two ranks): one converts it (holding
+    the set in memory), the other waits and reads its cache."""
+    from test_data import write_mnist
+
+    write_mnist(tmp_path / "mnist", gz=False)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", CONVERTER, str(tmp_path / "mnist"), str(tmp_path / "cache"),
+                               str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    logs = [err for _, err in outs]
+    assert sum("converting" in e for e in logs) == 1 and sum("from the cache" in e for e in logs) == 1, logs
+    assert outs[0][0] == outs[1][0]

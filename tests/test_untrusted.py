@@ -314,6 +314,7 @@ def test_a_full_disk_is_an_error_not_sigbus(tmp_path: Path, monkeypatch: pytest.
         data = load_images(str(tmp_path / "data"), image_size=8)  # the copy's disk is full
     assert data.images.shape == (6, 1, 8, 8) and "cannot write the image cache" in caplog.text
     assert not (next((tmp_path / "cache").iterdir()) / "meta.json").exists()  # not cached
+    shutil.rmtree(tmp_path / "cache")  # (the first run's decoded blocks would be joined, not decoded)
     full["pattern"] = "decoding/"  # the decoder's own files
     with pytest.raises(UserError, match=r"cannot write the image cache .*No space left"):
         load_images(str(tmp_path / "data"), image_size=8)

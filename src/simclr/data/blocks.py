@@ -24,13 +24,14 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from simclr.data.locks import exclusive
 from simclr.data.mapped import new_mapped, reserve_rows
 
 try:
@@ -158,12 +159,9 @@ class Blocks:
             images.flush()
         _write_json(self.folder / f"{block}.json", result.to_json())
 
-    @contextmanager
-    def joining(self) -> Iterator[None]:
+    def joining(self) -> AbstractContextManager[None]:
         """Held by the one process that joins the blocks; the others wait here for it."""
-        with open(self.folder.parent / "join.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
+        return exclusive(self.folder.parent / "join.lock")
 
     def join(self) -> tuple[np.ndarray, int, list[int], list[tuple[str, str]], bool] | None:
         """Copy every block's rows, in order, into `decoding/images.u8`; returns (that array, its

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from simclr.data.locks import exclusive
 from simclr.env import env_dir
 from simclr.errors import UserError
 
@@ -98,7 +99,12 @@ def locate(name: str, root: Path | str | None, allow_download: bool) -> Path:
             f"built-in dataset {name!r} not found (looked in {looked}); put its files there, "
             "point data.root or SIMCLR_DATA at its folder, or set data.download=true to download it"
         )
-    download(name, base)
+    try:
+        with exclusive(base / f".{name}.download.lock"):  # one process downloads, the others wait
+            if not any(_has_files(base / folder) for folder in remote.folders):
+                download(name, base)
+    except OSError as e:  # the lock's folder cannot be made
+        raise UserError(f"cannot download {name!r} into {base}: {e.strerror or e}") from None
     for folder in remote.folders:
         if _has_files(base / folder):
             return base / folder

@@ -25,6 +25,7 @@ import numpy as np
 import PIL
 
 from simclr.data.blocks import Blocks
+from simclr.data.locks import exclusive
 from simclr.data.mapped import new_mapped
 from simclr.env import env_dir
 
@@ -127,6 +128,16 @@ class Slot:
         except OSError as e:
             self._uncached(e, shape)
             return None
+
+    @contextmanager
+    def building(self) -> Iterator[None]:
+        """Held while one process builds this slot, so that the others wait for it rather than
+        build it too (nothing to hold when caching is off)."""
+        if self.folder is None:
+            yield
+            return
+        with exclusive(self.folder / "build.lock"):
+            yield
 
     def allocate(self, shape: tuple[int, ...], reserve: bool = True) -> np.ndarray:
         """A writable uint8 array of `shape`: a memory-mapped temporary file in the slot (its

@@ -105,7 +105,8 @@ def decode_blocks(
     The ranks of a torchrun job that call this on the same source share the work."""
     before = blocks.finished()
     if before:
-        log.info("%s: resuming an interrupted decode, %d of %d files already decoded", desc, before, len(entries))
+        log.info("%s: %d of %d files already decoded (by an interrupted run, or another process now)",
+                 desc, before, len(entries))
     here = 0
     with _Decoder(entries, size, channels, strict, workers) as decoder, _bar(len(entries), before, desc) as bar:
         for wait in (False, True):  # first the free blocks, then those other processes hold
@@ -119,7 +120,9 @@ def decode_blocks(
                 if mine or wait:
                     bar.n = blocks.finished()
                     bar.refresh()
-    log.info("%s: %d of %d blocks decoded by this process", desc, here, blocks.count)
+    # Shared with other processes: say how much this one did (alone, the bar said it all).
+    log.log(logging.INFO if here < blocks.count else logging.DEBUG,
+            "%s: %d of %d blocks decoded by this process", desc, here, blocks.count)
 
 
 def _bar(total: int, initial: int, desc: str) -> tqdm:

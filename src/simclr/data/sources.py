@@ -268,12 +268,17 @@ class _Context:
         hit = self.cached(slot)
         if hit is not None:
             return hit
-        arrays = found.read()
-        log.info("%s: converting %d images (%s)", self.display, arrays.count, found.kind)
-        try:
-            return slot.write(self._convert(arrays, slot))
-        finally:
-            slot.cleanup()
+        # One process converts (each would hold the whole set in memory); the others wait for it.
+        with slot.building():
+            hit = self.cached(slot)
+            if hit is not None:
+                return hit
+            arrays = found.read()
+            log.info("%s: converting %d images (%s)", self.display, arrays.count, found.kind)
+            try:
+                return slot.write(self._convert(arrays, slot))
+            finally:
+                slot.cleanup()
 
     def _convert(self, arrays: Arrays, slot: Slot) -> Built:
         """Channels and size for every part, chunk by chunk, into the slot's array."""
