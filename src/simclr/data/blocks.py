@@ -66,6 +66,7 @@ class BlockResult:
 
 
 def block_size(n_entries: int, row_bytes: int) -> int:
+    """Entries per block: BLOCK_ENTRIES, fewer when their rows would pass BLOCK_BYTES."""
     return max(1, min(BLOCK_ENTRIES, BLOCK_BYTES // max(row_bytes, 1), n_entries))
 
 
