@@ -16,7 +16,7 @@ from conftest import TEST_DEVICE
 from safetensors.torch import load_file
 from sklearn.neighbors import KNeighborsClassifier
 
-from simclr.config import load_config
+from simclr.config import Config, load_config
 from simclr.device import native_bf16
 from simclr.evaluate import extract_features, seeded
 from simclr.experiment import load_datasets
@@ -102,14 +102,14 @@ def test_checkpoint_loads_without_pickled_code(run: tuple[Path, subprocess.Compl
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "config"} <= set(state)
     assert state["config"]["epochs"] == 1
-    model = build_model("small_cnn", in_channels=1, image_size=16)
+    model = build_model(Config().model.encoder, in_channels=1, image_size=16)
     model.load_state_dict(state["model"], strict=True)
 
 
 def test_encoder_safetensors_loads_strictly(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, _ = run
     weights = load_file(str(out / "encoder.safetensors"))
-    encoder = build_encoder("small_cnn", in_channels=1, image_size=16)
+    encoder = build_encoder(Config().model.encoder, in_channels=1, image_size=16)
     encoder.load_state_dict(weights, strict=True)
     # It is the trained encoder, not a fresh one: it matches the checkpoint's encoder part.
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -129,9 +129,9 @@ def test_eval_json(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     cfg = load_config(out / "config.yaml")
     train, test = load_datasets(cfg, get("image"))
     assert train.labels is not None and test is not None and test.labels is not None
-    trained = build_encoder("small_cnn", in_channels=1, image_size=16)
+    trained = build_encoder(cfg.model.encoder, in_channels=1, image_size=16)
     trained.load_state_dict(load_file(str(out / "encoder.safetensors")), strict=True)
-    random_init = seeded(lambda: build_encoder("small_cnn", in_channels=1, image_size=16), cfg.seed)
+    random_init = seeded(lambda: build_encoder(cfg.model.encoder, in_channels=1, image_size=16), cfg.seed)
     features = {name: (extract_features(f, train.inputs), extract_features(f, test.inputs))
                 for name, f in (("simclr", trained), ("random_init", random_init))}
     features["raw_pixels"] = (train.inputs.flatten(1).float() / 255, test.inputs.flatten(1).float() / 255)

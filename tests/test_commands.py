@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 from sklearn.neighbors import KNeighborsClassifier
 
-from simclr.config import load_config
+from simclr.config import Config, load_config
 from simclr.evaluate import extract_features
 from simclr.experiment import load_datasets
 from simclr.modality import get
@@ -82,7 +82,7 @@ def test_eval_with_separate_eval_data(run: Path, tmp_path: Path) -> None:
     train, test = load_datasets(cfg, get("image"), str(tmp_path / "train.npz"), str(tmp_path / "test.npz"),
                                 input_shape=[1, 16, 16])
     assert len(train) == 1000 and test is not None and len(test) == 797
-    encoder = build_encoder("small_cnn", in_channels=1, image_size=16)
+    encoder = build_encoder(cfg.model.encoder, in_channels=1, image_size=16)
     encoder.load_state_dict(load_file(str(run / "encoder.safetensors")), strict=True)
     features = {"simclr": (extract_features(encoder, train.inputs), extract_features(encoder, test.inputs)),
                 "raw_pixels": (train.inputs.flatten(1).float() / 255, test.inputs.flatten(1).float() / 255)}
@@ -97,7 +97,8 @@ def test_embed_opens_in_one_line(run: Path, tmp_path: Path) -> None:
     result = simclr("embed", str(run), "--data", "digits", "--out", str(out))
     assert result.returncode == 0, result.stderr
     h = np.load(out)
-    assert h["embeddings"].shape == (1797, 256) and h["embeddings"].dtype == np.float32
+    width = build_encoder(Config().model.encoder, in_channels=1, image_size=16).out_dim  # the size of h
+    assert h["embeddings"].shape == (1797, width) and h["embeddings"].dtype == np.float32
     assert h["labels"].shape == (1797,) and set(h["labels"].tolist()) == set(range(10))
     assert len(h["ids"]) == 1797
 

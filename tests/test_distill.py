@@ -109,7 +109,8 @@ def v2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.savez(root / "unlabelled.npz", x=images[:300])
     np.savez(root / "labelled.npz", x=images[300:900], y=d.target[300:900])
     code = main(["train", "--data", str(root / "unlabelled.npz"), "--epochs", "1", "--batch-size", "64",
-                 "--out", str(root / "run"), "model.head_version=2", "report=false", "threads=1"])
+                 "--out", str(root / "run"), "model.head_version=2", "model.encoder=small_cnn", "report=false",
+                 "threads=1"])
     assert code == 0
     return root / "run"
 

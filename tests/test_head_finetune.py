@@ -41,7 +41,7 @@ def trained(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 def test_head1_is_the_trained_first_layer(trained: tuple[Path, dict[str, torch.Tensor]]) -> None:
     run_dir, state = trained
-    cfg = load_config(None, ["model.head_version=2"])
+    cfg = load_config(None, ["model.head_version=2", "model.encoder=small_cnn"])  # the fixture's network
     model = get("image").load_network(cfg, [1, 8, 8], run_dir, torch.load(run_dir / "checkpoint.pt"))
     encoder, head = model.encoder, model.head
     start = finetune_starts(encoder, head, ["head1"])["head1"].eval()

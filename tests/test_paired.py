@@ -231,6 +231,7 @@ def test_cli_class_prompts_train_eval_embed_export(tmp_path: Path, digits_folder
     out = tmp_path / "run"
     code, err = run("train", "--data", str(digits_folder), "--epochs", "1", "--batch-size", "32", "--out", str(out),
                     "data.modality=paired", "text.width=16", "threads=1", TEST_DEVICE, "eval_finetune=false",
+                    "model.encoder=small_cnn",
                     "report=false", "eval_knn_k=20", f"data.cache_dir={tmp_path / 'cache'}")
     assert code == 0, err[-3000:]
     results = json.loads((out / "eval.json").read_text())

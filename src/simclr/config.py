@@ -74,7 +74,9 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = "small_cnn"  # small_cnn, resnet18, resnet34, resnet50
+    # small_cnn_g2 (small_cnn pooled to a 2×2 grid: h keeps where in the image a feature is, which
+    # kNN on small images needs), small_cnn (global pooling), resnet18, resnet34, resnet50, ...
+    encoder: str = "small_cnn_g2"
     cifar_stem: bool | None = None  # None: on for images of 64 px or less
     head_version: int = 1  # 1: 2-layer MLP (SimCLR); 2: 3 layers with BN (SimCLRv2)
     proj_dim: int = 128  # the projection z = g(h) the loss sees

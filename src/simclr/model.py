@@ -12,9 +12,11 @@ from simclr.wide_resnet import WIDE_RESNETS
 
 
 class SmallCNN(nn.Module):
-    """Four 3×3 conv blocks and global average pooling, for tiny images such as 8-16 px digits."""
+    """Four 3×3 conv blocks and average pooling, for tiny images such as 8-16 px digits. `grid`
+    is the side of the pooled map: 1 is global average pooling; 2 keeps which quarter of the
+    image a feature was found in."""
 
-    def __init__(self, in_channels: int = 1, width: int = 32) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 32, grid: int = 1) -> None:
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width]
         layers: list[nn.Module] = []
@@ -24,8 +26,8 @@ class SmallCNN(nn.Module):
             layers += [nn.Conv2d(c, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True)]
             c = w
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim = c
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.out_dim = c * grid * grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h: torch.Tensor = self.pool(self.features(x)).flatten(1)  # (B, out_dim)
@@ -60,6 +62,7 @@ ENCODERS: dict[str, EncoderFactory] = {
     # Half and double the channels of small_cnn: a student smaller than its teacher, and back.
     "small_cnn_w0.5": lambda c, size, stem: SmallCNN(c, width=16),
     "small_cnn_w2": lambda c, size, stem: SmallCNN(c, width=64),
+    "small_cnn_g2": lambda c, size, stem: SmallCNN(c, grid=2),
     "resnet18": lambda c, size, stem: resnet("resnet18", c, stem),
     "resnet34": lambda c, size, stem: resnet("resnet34", c, stem),
     "resnet50": lambda c, size, stem: resnet("resnet50", c, stem),
