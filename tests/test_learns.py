@@ -50,8 +50,8 @@ from simclr.modality import get
 from simclr.training import train
 
 # The encoder is pinned (small_cnn, global pooling): the figures above were measured with it.
-SETTINGS = ["model.encoder=small_cnn", "epochs=40", "batch_size=32", "seed=0", "eval_finetune=false", "report=false", "eval_every=0",
-            "threads=1", "device=cpu", "log_every=50"]
+SETTINGS = ["model.encoder=small_cnn", "epochs=40", "batch_size=32", "seed=0", "eval_finetune=false",
+            "report=false", "eval_every=0", "threads=1", "device=cpu", "log_every=50"]
 FEW_SHOT_MARGIN = 0.03
 KNN_MARGINS = {"random_init": 0.06, "calibrated": 0.02}  # see the module text
 
