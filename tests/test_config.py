@@ -19,7 +19,7 @@ def test_defaults_load() -> None:
     cfg = load_config()
     assert cfg == Config()
     assert (cfg.temperature, cfg.batch_size, cfg.data.source) == (0.2, None, "digits")
-    assert cfg.model.encoder == "small_cnn_g2"
+    assert cfg.model.encoder == "auto"
     # left to the data and the modality (simclr.schedule), chosen when a run starts
     assert (cfg.epochs, cfg.optim.name, cfg.optim.lr, cfg.optim.lr_scaling) == (None, "auto", None, "auto")
     assert cfg.augment.recipe == "auto" and cfg.augment.color_jitter_strength is None

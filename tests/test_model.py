@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from simclr import ProjectionHead, SimCLR, build_encoder, build_model
-from simclr.model import CIFAR_STEM_MAX_SIZE, ENCODERS
+from simclr.model import CIFAR_STEM_MAX_SIZE, ENCODERS, resolve_encoder
 from simclr.wide_resnet import WIDE_RESNETS
 
 FEATURE_DIM = {"small_cnn": 256, "resnet18": 512, "resnet34": 512, "resnet50": 2048}
@@ -186,3 +186,23 @@ def test_unknown_encoder_raises() -> None:
         build_encoder("resnet1000")
     with pytest.raises(ValueError, match="resnet1000"):
         build_model("resnet1000")
+
+
+def test_the_grid_encoder_keeps_where_a_feature_is_and_averages_to_the_global_one() -> None:
+    """small_cnn_g2's h is the last map averaged over each quarter (channel-major, then the 2×2
+    cells); the mean of the four cells is small_cnn's h with the same weights."""
+    torch.manual_seed(0)
+    grid, plain = build_encoder("small_cnn_g2", 1, 28), build_encoder("small_cnn", 1, 28)
+    plain.load_state_dict(grid.state_dict())
+    x = torch.rand(3, 1, 28, 28)
+    h = grid.eval()(x)
+    assert h.shape == (3, 1024) and grid.out_dim == 1024 and plain.out_dim == 256
+    cells = h.view(3, 256, 2, 2)
+    assert torch.allclose(cells.mean((2, 3)), plain.eval()(x), atol=1e-6)
+
+
+def test_auto_pools_to_a_grid_above_16_px() -> None:
+    assert [resolve_encoder("auto", s) for s in (8, 16, 17, 28, 32, 224)] == [
+        "small_cnn", "small_cnn", "small_cnn_g2", "small_cnn_g2", "small_cnn_g2", "small_cnn_g2"]
+    assert resolve_encoder("resnet18", 16) == "resnet18"
+    assert build_encoder("auto", 1, 28).out_dim == 1024 and build_encoder("auto", 1, 16).out_dim == 256

@@ -74,9 +74,10 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    # small_cnn_g2 (small_cnn pooled to a 2×2 grid: h keeps where in the image a feature is, which
-    # kNN on small images needs), small_cnn (global pooling), resnet18, resnet34, resnet50, ...
-    encoder: str = "small_cnn_g2"
+    # auto: small_cnn_g2 for images over 16 px (small_cnn with its last map pooled to a 2×2 grid, so
+    # that h keeps where in the image a feature is), else small_cnn (global pooling); or resnet18,
+    # resnet34, resnet50, ... (simclr.model.ENCODERS)
+    encoder: str = "auto"
     cifar_stem: bool | None = None  # None: on for images of 64 px or less
     head_version: int = 1  # 1: 2-layer MLP (SimCLR); 2: 3 layers with BN (SimCLRv2)
     proj_dim: int = 128  # the projection z = g(h) the loss sees
@@ -230,7 +231,7 @@ def _validate(cfg: Config) -> None:
     check_choice("data.device_resident", str(cfg.data.device_resident).lower(), ("auto", "true", "false"))
     size = cfg.data.image_size
     check(size is None or size >= 4, f"data.image_size must be at least 4, got {size}")
-    check_choice("model.encoder", cfg.model.encoder, tuple(sorted(ENCODERS)))
+    check_choice("model.encoder", cfg.model.encoder, ("auto", *sorted(ENCODERS)))
     check_choice("augment.recipe", cfg.augment.recipe, ("auto", "imagenet", "cifar"))
     check_choice("model.head_version", cfg.model.head_version, (1, 2))
     check_choice("optim.name", cfg.optim.name, ("auto", "lars", "sgd", "adamw"))

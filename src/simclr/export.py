@@ -38,10 +38,11 @@ def encoder_metadata(cfg: Any, modality: str, input_shape: list[int]) -> dict[st
     """The safetensors header of an exported encoder: strings only (the format's rule)."""
     from simclr import __version__
     from simclr.image import resolved_recipe
+    from simclr.model import resolve_encoder
 
     augment = resolved_recipe(cfg.augment, input_shape[-1]) if modality in ("image", "video") else cfg.augment
     section = getattr(cfg, modality, None)
-    encoder = getattr(section, "encoder", None) or cfg.model.encoder
+    encoder = getattr(section, "encoder", None) or resolve_encoder(cfg.model.encoder, input_shape[-1])
     return {
         "format": "pt",
         "simclr.version": __version__,

@@ -70,10 +70,25 @@ ENCODERS: dict[str, EncoderFactory] = {
 ENCODERS.update(WIDE_RESNETS)  # resnet50_w2, resnet50_sk, ... (SimCLR/SimCLRv2 widths, SK blocks)
 
 
+# `auto` pools the small CNN's last map to a 2×2 grid where that map is larger than 2×2 (images over
+# 16 px): global pooling forgets where in a small image a stroke is, which kNN needs (MNIST, CIFAR).
+# At 16 px and below the map is already 2×2, and the grid's wider h slowed the digits demo for no
+# consistent gain (figures in the changelog).
+GRID_MIN_SIZE = 17
+
+
+def resolve_encoder(name: str, image_size: int) -> str:
+    """The encoder `name` stands for at this image size (only `auto` depends on it)."""
+    if name != "auto":
+        return name
+    return "small_cnn_g2" if image_size >= GRID_MIN_SIZE else "small_cnn"
+
+
 def build_encoder(
     name: str, in_channels: int = 3, image_size: int = 224, cifar_stem: bool | None = None
 ) -> nn.Module:
-    """Build a registered encoder; it exposes `out_dim`, the size of h."""
+    """Build a registered encoder (or `auto`, see `resolve_encoder`); it exposes `out_dim`, the size of h."""
+    name = resolve_encoder(name, image_size)
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r} (choose from {', '.join(sorted(ENCODERS))})")
     stem = image_size <= CIFAR_STEM_MAX_SIZE if cifar_stem is None else cifar_stem

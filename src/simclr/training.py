@@ -40,7 +40,7 @@ from simclr.global_bn import to_global_batchnorm
 from simclr.loss import nt_xent
 from simclr.metrics import MetricsLogger
 from simclr.modality import Augment, Modality, Objective, resolve, trainer_of
-from simclr.model import SimCLR, build_model
+from simclr.model import SimCLR, build_model, resolve_encoder
 from simclr.optim import build_optimizer, lr_at, set_lr
 from simclr.schedule import Schedule, optimizer_settings, parse_duration, plan, pretrain_on
 from simclr.signals import SignalGuard
@@ -133,6 +133,8 @@ def setup(cfg: Config) -> Training:
     cfg = replace(cfg, batch_size=schedule.batch_size)
     out = run_dir_name(cfg)
     shape = input_shape_of(train_data)
+    if modality.name == "image":  # config.yaml, the checkpoint and the exports name the network built
+        cfg = replace(cfg, model=replace(cfg.model, encoder=resolve_encoder(cfg.model.encoder, shape[-1])))
     own = trainer_of(modality)  # paired data brings its own network and loss
     if own is not None:
         model = own.build_model(cfg, shape, train_data).to(device)
