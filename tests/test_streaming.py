@@ -220,25 +220,49 @@ def test_blocks_joined_by_a_process_that_could_not_cache_them_are_decoded_again(
     assert same_data(first, second) and same_data(second, third)
 
 
-SHARER = """
-import sys, time
+TOGETHER = """
+import logging, sys, time
 from pathlib import Path
-from simclr.data import blocks, decode, load_images
+from simclr.data import blocks, decode, load_images, sources
+{patch}
+go = Path(sys.argv[3])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.01)
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+data = load_images(sys.argv[1], cache_dir=sys.argv[2], workers=1)
+print("rows", len(data), data.images.float().sum().item(), flush=True)
+"""
+SLOW_DECODE = """
 blocks.BLOCK_ENTRIES = 16
 real = decode.decode_image
 def slow(data, size, channels):
     time.sleep(0.004)  # long enough for both processes to be decoding at once
     return real(data, size, channels)
 decode.decode_image = slow
-go = Path(sys.argv[3])
-print("ready", flush=True)
-while not go.exists():
-    time.sleep(0.01)
-import logging
-logging.basicConfig(level=logging.INFO, format="%(message)s")
-data = load_images(sys.argv[1], cache_dir=sys.argv[2], workers=1)
-print("rows", len(data), data.images.float().sum().item(), flush=True)
 """
+SLOW_CONVERSION = """
+real = sources.fit_uint8
+def slow(*args, **kwargs):
+    time.sleep(1.0)  # the other process arrives while this one converts
+    return real(*args, **kwargs)
+sources.fit_uint8 = slow
+"""
+
+
+def load_in_two_processes(tmp_path: Path, source: Path, patch: str) -> list[tuple[str, str]]:
+    """(stdout, stderr) of two processes that load `source` into one cache, started together once
+    both are past their imports, each with `patch` applied."""
+    go = tmp_path / "go"
+    script = TOGETHER.format(patch=patch)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(source), str(tmp_path / "cache"), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    return outs
 
 
 def test_processes_decoding_the_same_source_share_the_blocks(tmp_path: Path) -> None:
@@ -246,14 +270,7 @@ def test_processes_decoding_the_same_source_share_the_blocks(tmp_path: Path) -> 
     decode disjoint blocks, neither repeats the other's, and both get the cache one process
     alone would have built."""
     write_folder(tmp_path / "imgs", per_class=160)  # 321 files: 21 blocks of 16
-    go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", SHARER, str(tmp_path / "imgs"), str(tmp_path / "cache"), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    go.touch()
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    outs = load_in_two_processes(tmp_path, tmp_path / "imgs", SLOW_DECODE)
     here = [int(line.split(": ")[1].split(" of ")[0]) for _, err in outs for line in err.splitlines()
             if "blocks decoded by this process" in line]
     assert len(here) == 2 and min(here) > 0 and sum(here) == 21  # shared, none decoded twice
@@ -296,39 +313,13 @@ def test_the_steps_between_logs_never_wait_for_the_device(resident: bool) -> Non
     finite.check(4)
 
 
-CONVERTER = """
-import logging, sys, time
-from pathlib import Path
-from simclr.data import load_images, sources
-real = sources.fit_uint8
-def slow(*args, **kwargs):
-    time.sleep(1.0)  # the other process arrives while this one converts
-    return real(*args, **kwargs)
-sources.fit_uint8 = slow
-go = Path(sys.argv[3])
-print("ready", flush=True)
-while not go.exists():
-    time.sleep(0.01)
-logging.basicConfig(level=logging.INFO, format="%(message)s")
-data = load_images(sys.argv[1], cache_dir=sys.argv[2])
-print("rows", len(data), int(data.images.sum()), flush=True)
-"""
-
-
 def test_one_process_converts_a_standard_folder_while_the_others_wait(tmp_path: Path) -> None:
     """An MNIST IDX folder met by two processes at once (two ranks): one converts it (holding
     the set in memory), the other waits and reads its cache."""
     from test_data import write_mnist
 
     write_mnist(tmp_path / "mnist", gz=False)
-    go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", CONVERTER, str(tmp_path / "mnist"), str(tmp_path / "cache"),
-                               str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    go.touch()
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    outs = load_in_two_processes(tmp_path, tmp_path / "mnist", SLOW_CONVERSION)
     logs = [err for _, err in outs]
     assert sum("converting" in e for e in logs) == 1 and sum("from the cache" in e for e in logs) == 1, logs
     assert outs[0][0] == outs[1][0]
