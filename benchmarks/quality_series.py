@@ -8,8 +8,8 @@ and the number of epochs is what fits (so the learning-rate schedule runs to its
 
     python benchmarks/quality_series.py [--budget-s 150] [--only Libras ...] [--encoder gru --encoder lstm]
 
-`--encoder` (repeatable; default fcn) runs each set with that `series.encoder`: fcn, resnet1d,
-gru, lstm or transformer, at the encoder's default size. Prints a Markdown table (a row per set
+`--encoder` (repeatable; default fcn) runs each set with that `series.encoder`: fcn, fcn_s4,
+resnet1d, gru, lstm or transformer, at the encoder's default size. Prints a Markdown table (a row per set
 and encoder) and writes benchmarks/results/quality_series.json (FCN alone, keyed by set) or, for
 other encoders, quality_series_<encoders>.json keyed "<set>/<encoder>".
 """
@@ -28,13 +28,13 @@ from simclr import build_model, build_optimizer, load_config, train_step, two_vi
 from simclr.experiment import input_shape_of, load_datasets  # the run's own splits, as `simclr train` loads them
 from simclr.modality import get
 from simclr.schedule import optimizer_settings
+from simclr.series.encoders import ENCODERS
 from simclr.training import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucr_uea_ts"
 SETS = ("PenDigits", "UWaveGestureLibrary", "Epilepsy", "RacketSports", "Libras", "SwedishLeaf", "TwoLeadECG")
 # Short runs at small batches: square-root LR scaling (SimCLR appendix B.1), temperature 0.2
 # for small batches (SIMCLR.md), kNN with k=5 (k=200 exceeds several of these training sets).
-ENCODERS = ("fcn", "resnet1d", "gru", "lstm", "transformer")
 SETTINGS = ["batch_size=64", "optim.lr_scaling=sqrt", "optim.lr=0.075", "temperature=0.2",
             "data.pretrain_on=all", "eval_knn_k=5", "eval_finetune=false", "report=false", "eval_every=0",
             "threads=1", "device=cpu", "log_every=50"]
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="a set name (repeatable); default: the seven shared sets")
     parser.add_argument("--root", default=str(SHARED),
                         help="folder of <Name>/<Name>_TRAIN.ts + _TEST.ts, e.g. the data folder of the aeon wheel")
-    parser.add_argument("--encoder", action="append", choices=ENCODERS,
+    parser.add_argument("--encoder", action="append", choices=sorted(ENCODERS),
                         help="series.encoder (repeatable); default: fcn")
     parser.add_argument("--results", default=None,
                         help="default: benchmarks/results/quality_series.json for fcn alone, else "

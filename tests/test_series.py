@@ -126,7 +126,7 @@ def test_crop_is_a_stretched_window_and_mask_uses_the_mean() -> None:
     assert ((m - 49.5).abs() < 1e-4).sum(dim=2).min() == 20  # a span of 20 steps at the mean
 
 
-@pytest.mark.parametrize("name", ["fcn", "resnet1d", "gru", "lstm", "transformer"])
+@pytest.mark.parametrize("name", ["fcn_s4", "fcn", "resnet1d", "gru", "lstm", "transformer"])
 def test_encoders(name: str) -> None:
     data = 5 + 3 * torch.randn(6, 2, 40)
     f = build_series_encoder(name, 2, 40, width=16, layers=1, data=data)
@@ -134,6 +134,25 @@ def test_encoders(name: str) -> None:
     assert h.shape == (6, f.out_dim)
     assert torch.allclose(f.norm.mean.flatten(), data.mean((0, 2)), atol=1e-5)  # statistics travel as buffers
     assert "norm.mean" in f.state_dict()
+
+
+def test_the_segment_encoder_keeps_when_a_pattern_occurs_and_averages_to_the_global_one() -> None:
+    """fcn_s4's h is the last map averaged over each quarter of time (channel-major); the mean of the
+    quarters is fcn's h with the same weights, and a pattern moved to another quarter changes h."""
+    torch.manual_seed(0)
+    segments, plain = build_series_encoder("fcn_s4", 2, 40, width=8), build_series_encoder("fcn", 2, 40, width=8)
+    plain.load_state_dict(segments.state_dict())
+    x = torch.zeros(2, 2, 40)
+    x[0, :, 8:14] = 1.0  # the same bump early and late, both out of reach of the edges (receptive field ±6)
+    x[1, :, 28:34] = 1.0
+    h = segments.eval()(x)
+    assert h.shape == (2, 32) and segments.out_dim == 32 and plain.out_dim == 8
+    quarters, g = h.view(2, 8, 4), plain.eval()(x)
+    assert torch.allclose(quarters.mean(2), g, atol=1e-6)
+    assert torch.allclose(g[0], g[1], atol=1e-6)  # global pooling cannot tell early from late
+    silent = segments(torch.zeros(1, 2, 40)).view(8, 4)
+    assert torch.equal(quarters[1, :, 0], silent[:, 0])  # the late bump is out of the first quarter's reach
+    assert not torch.allclose(quarters[0, :, 0], silent[:, 0], atol=1e-4)  # the early one is in it
 
 
 def test_nearest_neighbour_matches_sklearn() -> None:
@@ -173,7 +192,7 @@ def test_cli_end_to_end_on_racket_sports(tmp_path: Path) -> None:
                    str(tmp_path / f"{part}.npz"), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
     train, test = np.load(tmp_path / "TRAIN.npz"), np.load(tmp_path / "TEST.npz")
-    assert train["embeddings"].shape == (151, 16) and test["embeddings"].shape == (152, 16)
+    assert train["embeddings"].shape == (151, 64) and test["embeddings"].shape == (152, 64)  # fcn_s4: 4 × 16
     # The evaluation's kNN (k = 5, votes exp(cosine / 0.1)) is scikit-learn's on what `simclr
     # embed` gives for the two files: the probe is fit on TRAIN and scored on TEST, with the
     # trained encoder, as embed applies it to raw series.

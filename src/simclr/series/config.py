@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simclr.config import Config, check, check_choice
+from simclr.series.encoders import ENCODERS
 
 
 @dataclass
 class SeriesConfig:
     """Time series (`data.modality=series`): encoder and augmentation, all per sample."""
 
-    encoder: str = "fcn"  # fcn, resnet1d, gru, lstm, transformer
+    encoder: str = "fcn_s4"  # fcn_s4 (the FCN pooled over 4 spans of time), fcn, resnet1d, gru, lstm, transformer
     width: int = 128  # channels of the convolutional encoders; hidden size of the others
     layers: int = 2  # recurrent / Transformer layers
     bidirectional: bool = True  # gru and lstm read the series both ways
@@ -27,7 +28,7 @@ class SeriesConfig:
 
 def validate(cfg: Config) -> None:
     s: SeriesConfig = cfg.series
-    check_choice("series.encoder", s.encoder, ("fcn", "resnet1d", "gru", "lstm", "transformer"))
+    check_choice("series.encoder", s.encoder, tuple(ENCODERS))
     check(0 < s.crop_min <= 1, f"series.crop_min must be in (0, 1], got {s.crop_min}")
     check(0 <= s.mask_fraction < 1, f"series.mask_fraction must be in [0, 1), got {s.mask_fraction}")
     for key in ("jitter", "scale", "magnitude_warp", "time_warp"):

@@ -46,18 +46,28 @@ def _conv_bn(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
 
 
 class FCN(nn.Module):
-    """Three conv blocks (kernels 7, 5, 3; widths w, 2w, w) and global average pooling. Wang et al.
-    use 8, 5, 3; an odd first kernel keeps the "same" padding symmetric (no padded copy)."""
+    """Three conv blocks (kernels 7, 5, 3; widths w, 2w, w), then average pooling. Wang et al.
+    use 8, 5, 3; an odd first kernel keeps the "same" padding symmetric (no padded copy).
 
-    def __init__(self, channels: int, width: int = 128) -> None:
+    `segments=1` is their global average (h of w). `segments=k` averages the last map over k equal
+    spans of time and concatenates them (h of k·w, channel-major): global pooling forgets *when* in
+    the series a pattern occurred, which is what tells apart gestures drawn as the same strokes in
+    another order (see docs/series.md). The spans are of the resampled series, so a crop stretched
+    back to T keeps its start in the first span."""
+
+    def __init__(self, channels: int, width: int = 128, segments: int = 1) -> None:
         super().__init__()
         self.norm = Standardize(channels)
         self.features = nn.Sequential(*_conv_bn(channels, width, 7), *_conv_bn(width, 2 * width, 5),
                                       *_conv_bn(2 * width, width, 3))
-        self.out_dim = width
+        self.segments = segments
+        self.out_dim = width * segments
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.norm(x)).mean(2)  # type: ignore[no-any-return]  # (B, w)
+        maps = self.features(self.norm(x))  # (B, w, T)
+        if self.segments == 1:
+            return maps.mean(2)  # type: ignore[no-any-return]  # (B, w)
+        return nn.functional.adaptive_avg_pool1d(maps, self.segments).flatten(1)  # (B, w·k)
 
 
 class _ResBlock(nn.Module):
@@ -130,6 +140,7 @@ class SeriesTransformer(nn.Module):
 # (channels, length, width, layers, bidirectional) -> encoder
 ENCODERS: dict[str, Callable[[int, int, int, int, bool], nn.Module]] = {
     "fcn": lambda c, t, w, n, bi: FCN(c, w),
+    "fcn_s4": lambda c, t, w, n, bi: FCN(c, w, segments=4),
     "resnet1d": lambda c, t, w, n, bi: ResNet1D(c, w),
     "gru": lambda c, t, w, n, bi: Recurrent(c, "gru", w, n, bi),
     "lstm": lambda c, t, w, n, bi: Recurrent(c, "lstm", w, n, bi),
