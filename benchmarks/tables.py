@@ -158,11 +158,12 @@ def defaults_table(res: dict[str, Any]) -> str:
 
 
 def series_encoders_table(res: dict[str, Any]) -> str:
-    """benchmarks/quality_series.py --encoder gru --encoder lstm: each set and recurrent encoder
-    at the same CPU budget as the FCN table, against random init and 1-NN on the raw series."""
+    """benchmarks/quality_series.py --encoder E ...: each set and encoder at the same CPU budget as
+    the FCN table, against random init and 1-NN on the raw series."""
+    encoders = list(dict.fromkeys(key.split("/")[1] for key in res))
     lines = [
-        "`python benchmarks/quality_series.py --encoder gru --encoder lstm`: "
-        "`benchmarks/results/quality_series_gru_lstm.json`.",
+        f"`python benchmarks/quality_series.py {' '.join(f'--encoder {e}' for e in encoders)}`: "
+        f"`benchmarks/results/quality_series_{'_'.join(encoders)}.json`.",
         "",
         "| set | encoder | epochs | wall | SimCLR linear | SimCLR kNN | random-init linear | random-init kNN "
         "| 1-NN ED (raw) |",
@@ -397,6 +398,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "memory": ("memory.json", memory_table),
     "defaults": ("defaults.json", defaults_table),
     "series-encoders": ("quality_series_gru_lstm.json", series_encoders_table),
+    "series-pooling": ("quality_series_fcn_fcn_s4.json", series_encoders_table),
     "encoders": ("encoders.json", encoders_table),
     "quality": ("quality.json", quality_table),
     "probe": ("probe.json", probe_table),

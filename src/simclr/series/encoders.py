@@ -52,8 +52,8 @@ class FCN(nn.Module):
     `segments=1` is their global average (h of w). `segments=k` averages the last map over k equal
     spans of time and concatenates them (h of k·w, channel-major): global pooling forgets *when* in
     the series a pattern occurred, which is what tells apart gestures drawn as the same strokes in
-    another order (see docs/series.md). The spans are of the resampled series, so a crop stretched
-    back to T keeps its start in the first span."""
+    another order (see docs/series.md). Every series is resampled to one length T, so the spans line
+    up from one series to the next."""
 
     def __init__(self, channels: int, width: int = 128, segments: int = 1) -> None:
         super().__init__()
