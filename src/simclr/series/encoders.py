@@ -60,14 +60,11 @@ class FCN(nn.Module):
         self.norm = Standardize(channels)
         self.features = nn.Sequential(*_conv_bn(channels, width, 7), *_conv_bn(width, 2 * width, 5),
                                       *_conv_bn(2 * width, width, 3))
-        self.segments = segments
+        self.pool = nn.AdaptiveAvgPool1d(segments)
         self.out_dim = width * segments
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.features(self.norm(x))  # (B, w, T)
-        if self.segments == 1:
-            return maps.mean(2)  # type: ignore[no-any-return]  # (B, w)
-        return nn.functional.adaptive_avg_pool1d(maps, self.segments).flatten(1)  # (B, w·k)
+        return self.pool(self.features(self.norm(x))).flatten(1)  # type: ignore[no-any-return]  # (B, w·k)
 
 
 class _ResBlock(nn.Module):
